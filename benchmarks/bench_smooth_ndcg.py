@@ -1,0 +1,142 @@
+"""Smooth-NDCG forward+backward: the published-style broadcast formula vs lavis-listwise's loss.
+
+Each (implementation, B, device) runs in a fresh process on identical inputs (Q = N = B, seed 0):
+extra peak memory is measured on the first full-size call (CPU: growth of the process's peak RSS;
+CUDA: growth of ``max_memory_allocated``), time is the median of the following calls.
+
+    python benchmarks/bench_smooth_ndcg.py                       # CPU (and CUDA when present)
+    python benchmarks/bench_smooth_ndcg.py --device cpu --sizes 128 256 512 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+IMPLS = {"published-style": "reference", "lavis-listwise": "ours"}
+CUBES_ALIVE = 12  # Q*N*N tensors the broadcast formula keeps alive through backward (measured ~10-11)
+
+
+def _worker(impl: str, size: int, device: str, reps: int) -> dict:
+    import torch
+
+    from lavis_listwise.losses import smooth_ndcg_loss
+    from lavis_listwise.losses.reference import smooth_ndcg_loss_reference
+
+    def step(scores, rel):
+        if impl == "reference":
+            loss = smooth_ndcg_loss_reference(scores, rel, 0.01).mean()
+        else:
+            loss = smooth_ndcg_loss(scores, rel, 0.01)
+        loss.backward()
+        return loss
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    g = torch.Generator().manual_seed(0)
+    scores = (torch.randn(size, size, generator=g) * 0.1).to(device).requires_grad_()
+    rel = torch.rand(size, size, generator=g).to(device)
+    step(scores[:8, :8].detach().requires_grad_(), rel[:8, :8])  # kernels and allocator warm-up
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    loss = step(scores, rel)
+    sync()
+    first = time.perf_counter() - t0
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times = []
+    for _ in range(reps):
+        scores.grad = None
+        t0 = time.perf_counter()
+        step(scores, rel)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return {"ms": 1e3 * statistics.median(times or [first]), "mib": peak / 2**20, "loss": float(loss)}
+
+
+def _available_bytes(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def _run(impl: str, size: int, device: str, reps: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, str(size), device, str(reps)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        return {
+            "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        }
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        impl, size, device, reps = args.worker
+        print(json.dumps(_worker(impl, int(size), device, int(reps))))
+        return
+
+    import torch
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+        + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else "")
+    )
+    print(
+        "| device | B | published-style ms | published-style MiB | ours ms | ours MiB "
+        "| speed-up | memory ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for device in devices:
+        for size in args.sizes:
+            ours = _run("ours", size, device, args.reps)
+            need = CUBES_ALIVE * size**3 * 4
+            if need > 0.8 * _available_bytes(device):
+                ref = {"error": f"skipped: needs ~{need / 2**30:.0f} GiB"}
+            else:
+                ref = _run("reference", size, device, max(1, args.reps - 1))
+            if "error" in ref:
+                row = [ref["error"], "", f"{ours['ms']:.1f}", f"{ours['mib']:.1f}", "", ""]
+            else:
+                if abs(ref["loss"] - ours["loss"]) > 1e-4:
+                    raise SystemExit(f"loss mismatch at B={size}: {ref['loss']} vs {ours['loss']}")
+                row = [
+                    f"{ref['ms']:.1f}",
+                    f"{ref['mib']:.0f}",
+                    f"{ours['ms']:.1f}",
+                    f"{ours['mib']:.1f}",
+                    f"{ref['ms'] / ours['ms']:.1f}x",
+                    f"{ref['mib'] / max(ours['mib'], 1.0):.0f}x",
+                ]
+            print(f"| {device} | {size} | " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Both-direction Smooth-NDCG over an image-caption similarity matrix, and the paper's objective."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .registry import get_loss_class, register_loss
+from .smooth_ndcg import SmoothNDCGLoss, smooth_ndcg_loss
+from .triplet import TripletLoss
+
+__all__ = ["bidirectional_smooth_ndcg_loss", "PairwiseListwiseLoss"]
+
+register_loss("smooth_ndcg")(SmoothNDCGLoss)
+register_loss("triplet")(TripletLoss)
+
+
+def bidirectional_smooth_ndcg_loss(
+    sim: Tensor, relevance: Tensor, tau: float = 0.01, reference_compat: bool = False
+) -> Tensor:
+    """Mean of image->text and text->image S-NDCG losses.
+
+    Image->text ranks row ``i`` of ``sim`` by ``relevance[i]``; text->image ranks column ``t`` by
+    ``relevance[:, t]``, i.e. the transposed matrix.
+
+    Args:
+        sim: ``[I, T]`` image-caption similarity (differentiable).
+        relevance: ``[I, T]`` RSC relevance of caption ``t`` to image ``i``.
+        tau: S-NDCG temperature.
+        reference_compat: reproduce the published code, which ranks the text->image lists with the
+            *untransposed* relevance (only defined for square matrices). Off by default: that is a
+            bug of the reference implementation.
+    Returns:
+        Scalar loss.
+    """
+    i2t = smooth_ndcg_loss(sim, relevance, tau)
+    if reference_compat:
+        if sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"reference_compat needs a square similarity matrix, got {tuple(sim.shape)}")
+        t2i = smooth_ndcg_loss(sim.t(), relevance, tau)
+    else:
+        t2i = smooth_ndcg_loss(sim.t(), relevance.t(), tau)
+    return 0.5 * (i2t + t2i)
+
+
+class PairwiseListwiseLoss(nn.Module):
+    """The paper's objective ``(1 - w) * pairwise + w * listwise`` (``combine="convex"``) or the
+    additive ``pairwise + w * listwise`` (``combine="add"``).
+
+    ``forward(sim [I, T], relevance [I, T], positive_mask [I, T])`` returns a dict with ``loss``,
+    ``loss_pairwise`` and ``loss_listwise``.
+    """
+
+    def __init__(
+        self,
+        weight: float,
+        tau: float = 0.01,
+        pairwise: str = "triplet",
+        pairwise_kwargs: dict | None = None,
+        combine: str = "convex",
+        reference_compat: bool = False,
+    ) -> None:
+        super().__init__()
+        if combine not in ("convex", "add"):
+            raise ValueError(f"combine must be 'convex' or 'add', got {combine!r}")
+        if weight < 0 or (combine == "convex" and weight > 1):
+            raise ValueError(f"weight must be in [0, 1] for convex, >= 0 for add; got {weight!r}")
+        self.pairwise = get_loss_class(pairwise)(**(pairwise_kwargs or {}))
+        self.listwise = SmoothNDCGLoss(tau)
+        self.weight, self.combine, self.reference_compat = float(weight), combine, reference_compat
+
+    def forward(self, sim: Tensor, relevance: Tensor, positive_mask: Tensor) -> dict[str, Tensor]:
+        pairwise = self.pairwise(sim, positive_mask)
+        listwise = bidirectional_smooth_ndcg_loss(sim, relevance, self.listwise.tau, self.reference_compat)
+        keep = 1.0 - self.weight if self.combine == "convex" else 1.0
+        loss = keep * pairwise + self.weight * listwise
+        return {"loss": loss, "loss_pairwise": pairwise, "loss_listwise": listwise}

@@ -1,0 +1,244 @@
+"""Smooth-NDCG (S-NDCG), the listwise loss of arXiv 2305.16566, with a memory-lean backward.
+
+For a query ``q`` with scores ``s_q.`` and graded relevance ``r_q.`` over ``N`` candidates::
+
+    gain_qi  = 2^(r_qi) - 1
+    rank_qi  = 1 + sum_{j != i} sigmoid((s_qj - s_qi) / tau)
+    DCG_q    = sum_i gain_qi / log2(1 + rank_qi)
+    IDCG_q   = sum_i gain_qi / log2(1 + rank*_qi),   rank*_qi = 1 + #{j : r_qj > r_qi}
+    loss_q   = 1 - DCG_q / IDCG_q          (0 where IDCG_q == 0)
+
+The smoothed rank needs every (q, i, j) triple. Written with broadcasting, autograd keeps several
+``Q x N x N`` tensors alive; here a custom autograd function keeps only ``O(Q*N)`` state and
+recomputes the sigmoids in tiles during the backward pass, using the closed-form gradient::
+
+    d rank_qi / d s_qj = sigma'(x_qij) / tau   (j != i),   x_qij = (s_qj - s_qi) / tau
+    d loss / d s_qk   = (1/tau) * (sum_i g_qi P_qik - g_qk sum_j P_qkj),   P = sigma'(x)
+
+``P`` is symmetric and ``sigma(-x) = 1 - sigma(x)``, so each tile ``(a, b)`` of candidates also
+yields tile ``(b, a)`` for free: only the upper triangle of tiles is evaluated (about half the
+sigmoid work), and ``sigma' = sigma * (1 - sigma)`` costs no second exponential.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_LN2 = math.log(2.0)
+
+#: Bytes of scratch memory per tile (one or two ``[chunk, block, block]`` buffers).
+DEFAULT_TILE_BYTES = 8 * 1024 * 1024
+#: Candidate block edge: the sigmoid matrix is evaluated in ``block x block`` tiles.
+DEFAULT_BLOCK = 128
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; everything else accumulates in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(n: int, block: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block, n)) for start in range(0, n, block)]
+
+
+def _chunk_rows(block: int, elem_bytes: int, buffers: int, tile_bytes: int) -> int:
+    """Queries per tile so that ``buffers`` tensors of ``[rows, block, block]`` fit ``tile_bytes``."""
+    return max(1, tile_bytes // (buffers * block * block * elem_bytes))
+
+
+def smoothed_ranks(
+    scaled_scores: Tensor, block: int = DEFAULT_BLOCK, tile_bytes: int = DEFAULT_TILE_BYTES
+) -> Tensor:
+    """Smoothed rank ``1 + sum_{j != i} sigmoid(x_qj - x_qi)`` of every item.
+
+    Args:
+        scaled_scores: ``[Q, N]`` scores already divided by ``tau``.
+    Returns:
+        ``[Q, N]`` ranks in the dtype of ``scaled_scores``, each in ``[1, N]``.
+    """
+    q, n = scaled_scores.shape
+    block = min(block, n)
+    rows = _chunk_rows(block, scaled_scores.element_size(), 1, tile_bytes)
+    # sigma(0) = 1/2 on the diagonal is counted by the tiles; the "+1" of the rank minus it is 1/2.
+    ranks = torch.full_like(scaled_scores, 0.5)
+    spans = _blocks(n, block)
+    for q0 in range(0, q, rows):
+        x = scaled_scores[q0 : q0 + rows]
+        r = ranks[q0 : q0 + rows]
+        for ai, (a0, a1) in enumerate(spans):
+            for b0, b1 in spans[ai:]:
+                # tile[c, i, j] = sigma(x_j - x_i), i in block a, j in block b
+                tile = (x[:, None, b0:b1] - x[:, a0:a1, None]).sigmoid_()
+                r[:, a0:a1] += tile.sum(dim=2)
+                if b0 != a0:
+                    # sigma(x_i - x_j) = 1 - sigma(x_j - x_i): block b's ranks against block a.
+                    r[:, b0:b1] += (a1 - a0) - tile.sum(dim=1)
+    return ranks
+
+
+def _rank_backward(scaled_scores: Tensor, grad_rank: Tensor, block: int, tile_bytes: int) -> Tensor:
+    """``sum_i g_qi d rank_qi / d x_qk`` for all ``q, k`` without a ``Q x N x N`` tensor.
+
+    Args:
+        scaled_scores: ``[Q, N]`` scores divided by ``tau``.
+        grad_rank: ``[Q, N]`` gradient of the loss with respect to the ranks.
+    Returns:
+        ``[Q, N]`` gradient with respect to ``scaled_scores``.
+    """
+    q, n = scaled_scores.shape
+    block = min(block, n)
+    rows = _chunk_rows(block, scaled_scores.element_size(), 2, tile_bytes)
+    grad = torch.zeros_like(scaled_scores)
+    spans = _blocks(n, block)
+    for q0 in range(0, q, rows):
+        x = scaled_scores[q0 : q0 + rows]
+        g = grad_rank[q0 : q0 + rows]
+        out = grad[q0 : q0 + rows]
+        for ai, (a0, a1) in enumerate(spans):
+            ga = g[:, a0:a1]
+            for b0, b1 in spans[ai:]:
+                gb = g[:, b0:b1]
+                p = (x[:, None, b0:b1] - x[:, a0:a1, None]).sigmoid_()
+                p.addcmul_(p, p, value=-1.0)  # sigma' = sigma (1 - sigma), symmetric in (i, j)
+                # item k in block a: sum_i g_i P_ik - g_k sum_j P_kj, over j in block b
+                out[:, a0:a1] += torch.bmm(p, gb.unsqueeze(2)).squeeze(2) - ga * p.sum(dim=2)
+                if b0 != a0:
+                    out[:, b0:b1] += torch.bmm(ga.unsqueeze(1), p).squeeze(1) - gb * p.sum(dim=1)
+    return grad
+
+
+def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
+    """``IDCG_q = sum_i gain_qi / log2(1 + rank*_qi)``, ``rank*_qi = 1 + #{j : r_qj > r_qi}``.
+
+    Ties in relevance share the best rank of their group, as in the paper's formula.
+
+    Args:
+        gains: ``[Q, N]`` gains ``2^r - 1``.
+        relevance: ``[Q, N]`` relevance the gains come from.
+    Returns:
+        ``[Q]`` ideal DCG.
+    """
+    n = relevance.shape[1]
+    ascending = relevance.sort(dim=1).values.contiguous()
+    greater = n - torch.searchsorted(ascending, relevance.contiguous(), right=True)
+    return (gains / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
+
+
+class _SmoothNDCG(torch.autograd.Function):
+    """Per-row ``1 - DCG/IDCG`` with the closed-form, tiled backward."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, block: int, tile_bytes: int):
+        dtype = _compute_dtype(scores.dtype)
+        scaled = scores.detach().to(dtype) / tau
+        rel = relevance.detach().to(dtype)
+        gains = torch.expm1(rel * _LN2)
+        idcg = ideal_dcg(gains, rel)
+        ranks = smoothed_ranks(scaled, block, tile_bytes)
+        dcg = (gains / torch.log2(1.0 + ranks)).sum(dim=1)
+        valid = idcg > 0
+        safe_idcg = torch.where(valid, idcg, torch.ones_like(idcg))
+        loss = torch.where(valid, 1.0 - dcg / safe_idcg, torch.zeros_like(dcg))
+        ctx.save_for_backward(scaled, gains, ranks, safe_idcg, valid)
+        ctx.tau, ctx.block, ctx.tile_bytes, ctx.input_dtype = tau, block, tile_bytes, scores.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: Tensor):
+        scaled, gains, ranks, safe_idcg, valid = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        coef = torch.where(valid, grad_loss.to(scaled.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
+        log_term = torch.log1p(ranks)
+        # d(1 - DCG/IDCG)/d rank_i = gain_i ln2 / (IDCG (1 + rank_i) ln^2(1 + rank_i))
+        grad_rank = coef[:, None] * gains * _LN2 / ((1.0 + ranks) * log_term * log_term)
+        grad_scaled = _rank_backward(scaled, grad_rank, ctx.block, ctx.tile_bytes)
+        return (grad_scaled / ctx.tau).to(ctx.input_dtype), None, None, None, None
+
+
+def _check_inputs(scores: Tensor, relevance: Tensor, tau: float, reduction: str) -> None:
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        raise ValueError("scores must be a floating-point torch.Tensor")
+    if not isinstance(relevance, Tensor):
+        raise ValueError("relevance must be a torch.Tensor")
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be 2-D [queries, candidates], got shape {tuple(scores.shape)}")
+    if relevance.shape != scores.shape:
+        raise ValueError(
+            f"relevance shape {tuple(relevance.shape)} does not match scores shape {tuple(scores.shape)}"
+        )
+    if scores.numel() == 0:
+        raise ValueError(f"scores must be non-empty, got shape {tuple(scores.shape)}")
+    if relevance.device != scores.device:
+        raise ValueError(f"relevance is on {relevance.device} but scores on {scores.device}")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores contains NaN or infinite values")
+    rel = relevance.float() if not relevance.is_floating_point() else relevance
+    if not bool(torch.isfinite(rel).all()):
+        raise ValueError("relevance contains NaN or infinite values")
+    if bool((rel < 0).any()):
+        raise ValueError("relevance must be >= 0 (gains are 2^r - 1)")
+
+
+def smooth_ndcg_loss(
+    scores: Tensor,
+    relevance: Tensor,
+    tau: float = 0.01,
+    reduction: str = "mean",
+    *,
+    block: int = DEFAULT_BLOCK,
+    tile_bytes: int = DEFAULT_TILE_BYTES,
+) -> Tensor:
+    """Smooth-NDCG loss ``1 - S-NDCG`` of each query row.
+
+    Args:
+        scores: ``[Q, N]`` similarity of each query (row) to each candidate (column); any float
+            dtype, computed in fp32 (fp64 for fp64 inputs). Differentiable.
+        relevance: ``[Q, N]`` graded relevance ``>= 0`` (RSC gives ``[0, 1]``). Not differentiated.
+        tau: sigmoid temperature of the smoothed rank, ``> 0``.
+        reduction: ``"mean"`` over all rows (rows with IDCG 0 count as 0), ``"sum"``, or
+            ``"none"`` for the ``[Q]`` vector.
+        block: candidate tile edge of the tiled computation.
+        tile_bytes: scratch memory per tile; peak extra memory is ``O(Q*N)`` plus this.
+    Returns:
+        Scalar (``mean``/``sum``) or ``[Q]`` loss, fp32 (fp64 for fp64 scores).
+    """
+    _check_inputs(scores, relevance, tau, reduction)
+    if block < 1 or tile_bytes < 1:
+        raise ValueError("block and tile_bytes must be >= 1")
+    per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes))
+    if reduction == "mean":
+        return per_row.mean()
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row
+
+
+class SmoothNDCGLoss(nn.Module):
+    """``nn.Module`` form of :func:`smooth_ndcg_loss`: ``forward(scores [Q, N], relevance [Q, N])``."""
+
+    def __init__(self, tau: float = 0.01, reduction: str = "mean") -> None:
+        super().__init__()
+        if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+            raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.tau = float(tau)
+        self.reduction = reduction
+
+    def forward(self, scores: Tensor, relevance: Tensor) -> Tensor:
+        return smooth_ndcg_loss(scores, relevance, tau=self.tau, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, reduction={self.reduction!r}"

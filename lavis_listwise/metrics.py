@@ -1,0 +1,91 @@
+"""Ranking metrics over a query x candidate score matrix, computed in row chunks.
+
+A 5,000 x 25,000 COCO score matrix is processed a few hundred rows at a time, so the extra memory
+is a few top-k index blocks, not a copy of the matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["recall_at_k", "ndcg_at_k", "dcg_discounts"]
+
+#: Elements of one row chunk (rows x candidates) handled at once.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _as_matrix(x, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [queries, candidates], got shape {tuple(t.shape)}")
+    return t
+
+
+def _check(scores, other, other_name: str, k: int) -> tuple[Tensor, Tensor, int]:
+    s, o = _as_matrix(scores, "scores"), _as_matrix(other, other_name)
+    if s.shape != o.shape:
+        raise ValueError(f"{other_name} shape {tuple(o.shape)} does not match scores shape {tuple(s.shape)}")
+    if s.numel() == 0:
+        raise ValueError("scores must be non-empty")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return s, o.to(s.device), min(int(k), s.shape[1])
+
+
+def _row_chunks(n_rows: int, n_cols: int):
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def dcg_discounts(k: int, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    """``1 / log2(p + 2)`` for positions ``p = 0 .. k-1``."""
+    return 1.0 / torch.log2(torch.arange(k, dtype=dtype, device=device) + 2.0)
+
+
+def recall_at_k(scores, positive_mask, k: int) -> float:
+    """Fraction of queries with at least one positive among their ``k`` best-scored candidates.
+
+    Image->text: a hit if any ground-truth caption is in the top ``k`` (as LAVIS counts it).
+
+    Args:
+        scores: ``[Q, N]`` score of each candidate for each query.
+        positive_mask: ``[Q, N]`` bool ground truth.
+        k: cut-off (``k > N`` counts the whole list).
+    Returns:
+        Recall in ``[0, 1]`` (LAVIS prints it times 100).
+    """
+    s, pos, k = _check(scores, positive_mask, "positive_mask", k)
+    pos = pos.to(torch.bool)
+    hits = 0
+    for rows in _row_chunks(*s.shape):
+        top = s[rows].topk(k, dim=1).indices
+        hits += int(pos[rows].gather(1, top).any(dim=1).sum())
+    return hits / s.shape[0]
+
+
+def ndcg_at_k(scores, relevance, k: int) -> float:
+    """Mean NDCG@k over rows, gain ``2^r - 1``, ideal DCG from each row's sorted relevance.
+
+    A row whose relevance is all zero scores 0 and still counts in the mean (as in scikit-learn).
+    Among tied scores the order is the one ``torch.topk`` returns.
+
+    Args:
+        scores: ``[Q, N]`` score of each candidate for each query.
+        relevance: ``[Q, N]`` graded relevance ``>= 0``.
+        k: cut-off (``k > N`` uses the whole list).
+    Returns:
+        NDCG@k in ``[0, 1]``.
+    """
+    s, rel, k = _check(scores, relevance, "relevance", k)
+    rel = rel.to(torch.float64)
+    discounts = dcg_discounts(k, device=s.device)
+    total = 0.0
+    for rows in _row_chunks(*s.shape):
+        r = rel[rows]
+        top = s[rows].topk(k, dim=1).indices
+        dcg = (torch.expm1(r.gather(1, top) * 0.6931471805599453) * discounts).sum(dim=1)
+        ideal = (torch.expm1(r.topk(k, dim=1).values * 0.6931471805599453) * discounts).sum(dim=1)
+        total += float(torch.where(ideal > 0, dcg / ideal.clamp(min=1e-300), torch.zeros_like(dcg)).sum())
+    return total / s.shape[0]

@@ -1,0 +1,77 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lavis_listwise.metrics as metrics
+from lavis_listwise.metrics import ndcg_at_k, recall_at_k
+
+
+def test_ndcg_hand_computed():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    rel = torch.tensor([[0.0, 1.0, 0.5], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    g = math.sqrt(2) - 1
+    row0 = (0 + 1 / math.log2(3) + g / 2) / (1 + g / math.log2(3) + 0)
+    row0_k1 = 0.0
+    row1 = (0 + 1 / math.log2(3) + 1 / 2) / (1 + 1 / math.log2(3))
+    assert ndcg_at_k(scores, rel, 3) == pytest.approx((row0 + row1 + 0) / 3)
+    assert ndcg_at_k(scores, rel, 1) == pytest.approx((row0_k1 + 0 + 0) / 3)
+    assert ndcg_at_k(scores, rel, 10) == ndcg_at_k(scores, rel, 3)  # k past the list uses all of it
+
+
+def test_recall_hand_computed():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    pos = torch.tensor([[False, False, True, True], [False, False, False, True]])
+    assert recall_at_k(scores, pos, 1) == 0.5
+    assert recall_at_k(scores, pos, 2) == 0.5
+    assert recall_at_k(scores, pos, 3) == 1.0
+
+
+def test_ndcg_matches_sklearn_on_untied_scores():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((30, 50))
+    rel = rng.random((30, 50)) * (rng.random((30, 50)) > 0.5)
+    rel[3] = 0
+    for k in (1, 5, 10, 20):
+        ours = ndcg_at_k(torch.from_numpy(scores), torch.from_numpy(rel), k)
+        ref = sklearn_metrics.ndcg_score(2**rel - 1, scores, k=k)
+        assert ours == pytest.approx(ref, rel=1e-12)
+
+
+def test_recall_matches_lavis_rank_rule():
+    """LAVIS: image->text rank = best position of any of the image's 5 captions in argsort order."""
+    rng = np.random.default_rng(1)
+    n_img, per = 20, 5
+    scores = rng.standard_normal((n_img, n_img * per))
+    pos = np.zeros_like(scores, dtype=bool)
+    for i in range(n_img):
+        pos[i, i * per : (i + 1) * per] = True
+    ranks = []
+    for i in range(n_img):
+        order = np.argsort(scores[i])[::-1]
+        ranks.append(min(np.where(order == j)[0][0] for j in range(i * per, (i + 1) * per)))
+    ranks = np.array(ranks)
+    for k in (1, 5, 10):
+        assert recall_at_k(torch.from_numpy(scores), torch.from_numpy(pos), k) == pytest.approx(
+            np.mean(ranks < k)
+        )
+
+
+def test_chunking_gives_the_same_result(monkeypatch):
+    torch.manual_seed(0)
+    scores, rel = torch.randn(37, 23), torch.rand(37, 23)
+    pos = rel > 0.8
+    full = (ndcg_at_k(scores, rel, 5), recall_at_k(scores, pos, 5))
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 50)  # two rows per chunk
+    assert (ndcg_at_k(scores, rel, 5), recall_at_k(scores, pos, 5)) == pytest.approx(full, rel=1e-12)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="shape"):
+        ndcg_at_k(torch.zeros(2, 3), torch.zeros(3, 2), 1)
+    with pytest.raises(ValueError, match="k must be"):
+        recall_at_k(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), 0)
+    with pytest.raises(ValueError, match="2-D"):
+        ndcg_at_k(torch.zeros(3), torch.zeros(3), 1)

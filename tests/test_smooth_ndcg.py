@@ -1,0 +1,160 @@
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from lavis_listwise.losses import SmoothNDCGLoss, smooth_ndcg_loss
+from lavis_listwise.losses.reference import smooth_ndcg_loss_reference
+from lavis_listwise.losses.smooth_ndcg import _SmoothNDCG
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _inputs(q, n, dtype=torch.float64, seed=0, spread=0.05):
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(q, n, generator=g, dtype=torch.float64) * spread).to(dtype)
+    relevance = torch.rand(q, n, generator=g, dtype=torch.float64)
+    return scores, relevance
+
+
+@pytest.mark.parametrize("q,n", [(6, 40), (1, 7), (9, 3), (4, 1), (1, 1), (3, 130)])
+def test_gradcheck_closed_form_backward(q, n):
+    scores, relevance = _inputs(q, n)
+    scores.requires_grad_()
+    # small tiles so several query chunks and candidate blocks are exercised
+    assert torch.autograd.gradcheck(
+        lambda s: _SmoothNDCG.apply(s, relevance, 0.05, 16, 2048), (scores,), eps=1e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize("q,n,block", [(7, 300, 64), (5, 5, 128), (16, 200, 33), (2, 257, 256)])
+def test_value_and_gradient_match_naive_formula(q, n, block):
+    scores, relevance = _inputs(q, n, seed=q + n)
+    relevance[0] = 0.0  # an all-zero row: IDCG 0
+    s1 = scores.clone().requires_grad_()
+    s2 = scores.clone().requires_grad_()
+    ours = smooth_ndcg_loss(s1, relevance, 0.01, "none", block=block, tile_bytes=1 << 16)
+    ref = smooth_ndcg_loss_reference(s2, relevance, 0.01)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(q, dtype=torch.float64)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad, rtol=1e-9, atol=1e-12)
+    assert ours[0] == 0 and torch.all(s1.grad[0] == 0)
+
+
+def test_ties_in_scores_and_relevance():
+    scores = torch.tensor([[0.3, 0.3, 0.3, 0.1], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    relevance = torch.tensor([[1.0, 1.0, 0.5, 0.5], [1.0, 0.0, 0.0, 1.0]], dtype=torch.float64)
+    s1, s2 = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    ours = smooth_ndcg_loss(s1, relevance, 0.1, "none")
+    ref = smooth_ndcg_loss_reference(s2, relevance, 0.1)
+    torch.testing.assert_close(ours, ref)
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+    # tied relevance shares the best ideal rank: row 0 ideal ranks are 1, 1, 3, 3
+    gains = torch.tensor([1.0, 1.0, math.sqrt(2) - 1, math.sqrt(2) - 1])
+    idcg = (gains / torch.log2(1 + torch.tensor([1.0, 1.0, 3.0, 3.0]))).sum()
+    # all-equal scores in row 1: every smoothed rank is 1 + 3 * 0.5
+    dcg = 2.0 / math.log2(1 + 2.5)
+    assert ours[1].item() == pytest.approx(1 - dcg / 2.0)
+    assert idcg > 0
+
+
+def test_hand_computed_single_row():
+    # two items, far apart: ranks are ~1 and ~2 exactly at tau -> 0
+    scores = torch.tensor([[1.0, 0.0]])
+    relevance = torch.tensor([[0.0, 1.0]])  # the relevant item is ranked second
+    loss = smooth_ndcg_loss(scores, relevance, tau=1e-3)
+    assert loss.item() == pytest.approx(1 - 1 / math.log2(3), abs=1e-6)
+    swapped = smooth_ndcg_loss(scores, relevance.flip(1), tau=1e-3)
+    assert swapped.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reductions_and_module(reduction):
+    scores, relevance = _inputs(5, 9)
+    relevance[2] = 0
+    per_row = smooth_ndcg_loss(scores, relevance, 0.02, "none")
+    out = SmoothNDCGLoss(tau=0.02, reduction=reduction)(scores, relevance)
+    expected = {"mean": per_row.mean(), "sum": per_row.sum(), "none": per_row}[reduction]
+    torch.testing.assert_close(out, expected)
+    assert per_row[2] == 0  # the all-zero row contributes 0 and still counts in the mean
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtypes_accumulate_in_fp32(dtype, device):
+    scores, relevance = _inputs(8, 50, spread=0.2)
+    low = scores.to(dtype).to(device).requires_grad_()
+    loss = smooth_ndcg_loss(low, relevance.to(dtype).to(device), 0.05)
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    loss.backward()
+    assert low.grad.dtype == dtype and torch.isfinite(low.grad.float()).all()
+    # same result as fp64 on the same (rounded) inputs, to fp32 accuracy
+    exact = smooth_ndcg_loss(low.detach().double().cpu(), relevance.to(dtype).double(), 0.05)
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"tau": 0.0}, "tau"),
+        ({"tau": -1.0}, "tau"),
+        ({"tau": float("nan")}, "tau"),
+        ({"tau": float("inf")}, "tau"),
+        ({"reduction": "max"}, "reduction"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    scores, relevance = _inputs(2, 3)
+    with pytest.raises(ValueError, match=match):
+        smooth_ndcg_loss(scores, relevance, **kwargs)
+
+
+def test_bad_tensors():
+    scores, relevance = _inputs(2, 3)
+    bad = scores.clone()
+    bad[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="scores"):
+        smooth_ndcg_loss(bad, relevance)
+    bad[0, 1] = float("inf")
+    with pytest.raises(ValueError, match="scores"):
+        smooth_ndcg_loss(bad, relevance)
+    bad_rel = relevance.clone()
+    bad_rel[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="relevance"):
+        smooth_ndcg_loss(scores, bad_rel)
+    with pytest.raises(ValueError, match="relevance"):
+        smooth_ndcg_loss(scores, -relevance)
+    with pytest.raises(ValueError, match="shape"):
+        smooth_ndcg_loss(scores, relevance[:, :2])
+    with pytest.raises(ValueError, match="2-D"):
+        smooth_ndcg_loss(scores[0], relevance[0])
+    with pytest.raises(ValueError, match="tau"):
+        SmoothNDCGLoss(tau=0)
+
+
+def test_no_cube_is_materialised():
+    """Peak memory of forward+backward at Q=64, N=2048 stays far below one Q*N*N fp32 tensor (1 GiB)."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from lavis_listwise.losses import smooth_ndcg_loss
+        torch.manual_seed(0)
+        s = (torch.randn(64, 2048) * 0.1).requires_grad_()
+        r = torch.rand(64, 2048)
+        smooth_ndcg_loss(s[:2, :64], r[:2, :64]).backward()  # warm up allocator and kernels
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        smooth_ndcg_loss(s, r).backward()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((after - before) // 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra_mib = int(out.stdout.strip().splitlines()[-1])
+    assert extra_mib < 200, f"forward+backward grew the process by {extra_mib} MiB"
