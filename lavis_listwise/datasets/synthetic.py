@@ -1,0 +1,355 @@
+"""A small, procedurally generated image-text retrieval dataset in LAVIS's COCO-retrieval layout.
+
+Each image is a scene of 1-3 coloured shapes (colour, shape, size, position on a 3x3 grid) on a plain,
+gradient or grainy background, with 5 captions from varied templates and synonyms. Captions mention all
+or some of the objects, so an image's relevance to another image's captions is naturally graded by the
+attributes the two scenes share. Everything follows from ``seed``: every image has its own
+``random.Random``, so the same parameters give byte-identical JSON and identical JPEG files.
+
+Layout under ``root`` (LAVIS's ``coco_retrieval`` builder reads it with ``images.storage = root``)::
+
+    images/{train,val,test}/<split>_NNNNNN.jpg
+    annotations/train.json   one entry per caption: {"image", "caption", "image_id"}
+    annotations/{val,test}.json   one entry per image: {"image", "caption": [5 captions]}
+    scenes.json              structured attributes of every image, per split
+    COMPLETE.json            parameters and file sizes, written last
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["generate_synthetic_dataset", "ensure_synthetic_dataset", "sample_scene", "caption_scene"]
+__all__ += ["render_scene", "GENERATOR_VERSION", "COLOURS", "SHAPE_WORDS", "POSITIONS"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped whenever the output for given parameters changes; part of the reuse check.
+GENERATOR_VERSION = 1
+SPLITS = ("train", "val", "test")
+CAPTIONS_PER_IMAGE = 5
+_OWN_ENTRIES = {"images", "annotations", "scenes.json", "COMPLETE.json"}
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
+#: Background colours share no word with the object colours, so a caption's colour words are unambiguous.
+BACKGROUNDS = {
+    "white": (240, 240, 240),
+    "grey": (150, 150, 150),
+    "black": (25, 25, 25),
+    "cream": (240, 230, 200),
+}
+#: Background style -> adjectives captions may use for it.
+BACKGROUND_STYLES = {
+    "plain": ("plain ", ""),
+    "gradient": ("shaded ", "graded "),
+    "noisy": ("grainy ", "speckled "),
+}
+SHAPE_WORDS = {
+    "circle": ("circle", "disc", "round shape"),
+    "square": ("square", "box", "block"),
+    "triangle": ("triangle", "triangular shape"),
+    "star": ("star", "five-pointed star"),
+    "cross": ("cross", "plus sign"),
+}
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+#: Grid cell (column, row) of each position on a 3x3 grid, and ways to say it.
+POSITIONS = {
+    "top left": ((0, 0), ("in the top left corner", "at the top left", "in the upper left")),
+    "top": ((1, 0), ("at the top", "near the top edge", "in the upper middle")),
+    "top right": ((2, 0), ("in the top right corner", "at the top right", "in the upper right")),
+    "left": ((0, 1), ("on the left", "at the left side", "on the left-hand side")),
+    "centre": ((1, 1), ("in the centre", "in the middle", "at the center")),
+    "right": ((2, 1), ("on the right", "at the right side", "on the right-hand side")),
+    "bottom left": ((0, 2), ("in the bottom left corner", "at the bottom left", "in the lower left")),
+    "bottom": ((1, 2), ("at the bottom", "near the bottom edge", "in the lower middle")),
+    "bottom right": ((2, 2), ("in the bottom right corner", "at the bottom right", "in the lower right")),
+}
+_RADIUS = {"small": 0.08, "large": 0.13}  # fraction of the side; a grid cell is 1/3 wide, so no overlaps
+_COUNT = {2: "two", 3: "three"}
+
+
+def sample_scene(rng: random.Random) -> dict[str, Any]:
+    """Draws one scene: 1-3 objects in distinct grid cells with distinct (colour, shape) pairs."""
+    objects, used = [], set()
+    for position in rng.sample(sorted(POSITIONS), rng.randint(1, 3)):
+        colour, shape = rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPE_WORDS))
+        while (colour, shape) in used:
+            colour, shape = rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPE_WORDS))
+        used.add((colour, shape))
+        size = rng.choice(("small", "large"))
+        (col, row), _ = POSITIONS[position]
+        objects.append(
+            {
+                "colour": colour,
+                "shape": shape,
+                "size": size,
+                "position": position,
+                "x": round((col + 0.5) / 3 + rng.uniform(-0.02, 0.02), 4),
+                "y": round((row + 0.5) / 3 + rng.uniform(-0.02, 0.02), 4),
+                "radius": round(_RADIUS[size] * rng.uniform(0.9, 1.05), 4),
+                "angle": round(rng.uniform(-15, 15), 2),
+                "rgb": [min(255, max(0, c + rng.randint(-12, 12))) for c in COLOURS[colour]],
+            }
+        )
+    style = rng.choice(sorted(BACKGROUND_STYLES))
+    background = {
+        "colour": rng.choice(sorted(BACKGROUNDS)),
+        "style": style,
+        "direction": rng.choice(("vertical", "horizontal", "diagonal")),
+        "noise": round(rng.uniform(6, 10) if style == "noisy" else rng.uniform(0, 2), 2),
+        "noise_seed": rng.getrandbits(32),
+    }
+    return {"objects": objects, "background": background}
+
+
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _np(obj: dict, rng: random.Random, size_p: float = 0.6) -> str:
+    size = rng.choice(SIZE_WORDS[obj["size"]]) + " " if rng.random() < size_p else ""
+    return _a(f"{size}{obj['colour']} {rng.choice(SHAPE_WORDS[obj['shape']])}")
+
+
+def _pos(obj: dict, rng: random.Random) -> str:
+    return rng.choice(POSITIONS[obj["position"]][1])
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _bg(scene: dict, rng: random.Random) -> str:
+    bg = scene["background"]
+    adjective = rng.choice(BACKGROUND_STYLES[bg["style"]])
+    return rng.choice(("on {} background", "against {} backdrop")).format(_a(f"{adjective}{bg['colour']}"))
+
+
+def _caption(template: int, scene: dict, rng: random.Random) -> str:
+    """One caption from template ``template`` (0-5); 2 describes one object, the others all of them."""
+    objs = rng.sample(scene["objects"], len(scene["objects"]))
+    one, n = objs[0], len(objs)
+    shape = rng.choice(SHAPE_WORDS[one["shape"]])
+    if template == 0:
+        return _join([f"{_np(o, rng)} {_pos(o, rng)}" for o in objs])
+    if template == 1 and n == 1:
+        return f"there is {_np(one, rng)} {_pos(one, rng)}"
+    if template == 1:
+        return (
+            f"there are {_COUNT[n]} {rng.choice(('shapes', 'objects'))}: {_join([_np(o, rng) for o in objs])}"
+        )
+    if template == 2:
+        return rng.choice(
+            (
+                f"{_pos(one, rng)} there is {_np(one, rng)}",
+                f"{_np(one, rng)} sits {_pos(one, rng)}",
+                f"the {shape} {_pos(one, rng)} is {one['colour']}",
+            )
+        )
+    if template == 3:
+        intro = rng.choice(("a picture of", "an image showing", "a drawing of", "a simple scene with"))
+        return f"{intro} {_join([_np(o, rng, 0.3) for o in objs])}"
+    if template == 4:
+        return f"{_join([_np(o, rng, 0.4) for o in objs])} {_bg(scene, rng)}"
+    if n == 1:
+        return f"just one {shape}, coloured {one['colour']}, {_pos(one, rng)}"
+    return f"{_COUNT[n]} shapes, {_join([_np(o, rng, 0.0) for o in objs])}, {_bg(scene, rng)}"
+
+
+def caption_scene(scene: dict, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
+    """``n`` distinct captions of ``scene``, from different templates while there are enough of them."""
+    order = rng.sample(range(6), 6)
+    captions: list[str] = []
+    for attempt in range(50 * n):
+        text = _caption(order[attempt % len(order)], scene, rng)
+        text = text[0].upper() + text[1:] + "."
+        if text not in captions:
+            captions.append(text)
+            if len(captions) == n:
+                return captions
+    raise RuntimeError(f"could not draw {n} distinct captions for scene {scene}")
+
+
+def _ring(radii: list[float]) -> list[tuple[float, float]]:
+    """Vertices at evenly spaced angles from the top, at the given distances from the centre."""
+    angles = [math.radians(-90 + 360 * k / len(radii)) for k in range(len(radii))]
+    return [(q * math.cos(a), q * math.sin(a)) for q, a in zip(radii, angles)]
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Outline of ``shape`` centred at (cx, cy), ``r`` from centre to tip, turned by ``angle`` degrees."""
+    if shape == "square":
+        pts = [(x * 0.85, y * 0.85) for x, y in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    elif shape == "triangle":
+        pts = _ring([1.0] * 3)
+    elif shape == "star":
+        pts = _ring([1.0, 0.45] * 5)
+    else:  # cross: a plus sign with arms a third of the radius wide
+        w = 0.33
+        pts, arm = [], [(w, -1), (w, -w), (1, -w)]
+        for _ in range(4):  # one arm's outline, turned by 90 degrees each time
+            pts, arm = pts + arm, [(-y, x) for x, y in arm]
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def render_scene(scene: dict, image_size: int) -> Image.Image:
+    """Draws ``scene`` as an RGB image; a pure function of its arguments."""
+    ss = 4 if image_size <= 128 else 2  # supersampling for smooth edges
+    side = image_size * ss
+    bg = scene["background"]
+    base = np.array(BACKGROUNDS[bg["colour"]], dtype=np.float32)
+    canvas = np.broadcast_to(base, (side, side, 3)).copy()
+    if bg["style"] == "gradient":
+        t = np.linspace(0.0, 1.0, side, dtype=np.float32)
+        ramp = {"vertical": t[:, None], "horizontal": t[None, :], "diagonal": (t[:, None] + t[None, :]) / 2}
+        shade = base + (-60 if base.mean() > 128 else 60)
+        canvas += (shade - base) * ramp[bg["direction"]][..., None]
+    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for obj in scene["objects"]:
+        cx, cy, r, fill = obj["x"] * side, obj["y"] * side, obj["radius"] * side, tuple(obj["rgb"])
+        if obj["shape"] == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon(_polygon(obj["shape"], cx, cy, r, obj["angle"]), fill=fill)
+    pixels = np.asarray(image.reduce(ss), dtype=np.float32)
+    if bg["noise"] > 0:
+        noise = np.random.default_rng(bg["noise_seed"]).normal(0.0, bg["noise"], pixels.shape)
+        pixels = pixels + noise.astype(np.float32)
+    return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+
+
+def _params(n_train: int, n_val: int, n_test: int, image_size: int, seed: int) -> dict[str, int]:
+    for name, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1), ("n_test", n_test, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
+        raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
+    return {"generator_version": GENERATOR_VERSION, "seed": seed, **sizes, "image_size": image_size}
+
+
+def generate_synthetic_dataset(
+    root: str | os.PathLike,
+    n_train: int = 1000,
+    n_val: int = 200,
+    n_test: int = 200,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Writes the dataset into ``root`` (absent or empty) and returns its absolute path.
+
+    ``n_*`` count images; train has 5 annotation entries per image. ``COMPLETE.json`` is written last.
+    Use :func:`ensure_synthetic_dataset` to reuse or atomically replace an existing dataset.
+    """
+    params = _params(n_train, n_val, n_test, image_size, seed)
+    root = Path(root).expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"root {str(root)!r} is not empty")
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    scenes: dict[str, list] = {}
+    for split, count in zip(SPLITS, (n_train, n_val, n_test)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        annotations, scenes[split] = [], []
+        for i in range(count):
+            rng = random.Random(f"lavis-listwise-synthetic/v{GENERATOR_VERSION}/{seed}/{split}/{i}")
+            scene = sample_scene(rng)
+            captions = caption_scene(scene, rng)
+            image_id, image = f"{split}_{i:06d}", f"images/{split}/{split}_{i:06d}.jpg"
+            render_scene(scene, image_size).save(root / image, format="JPEG", quality=95, subsampling=0)
+            scenes[split].append({"image": image, "image_id": image_id, **scene})
+            if split == "train":
+                annotations += [{"image": image, "caption": c, "image_id": image_id} for c in captions]
+            else:
+                annotations.append({"image": image, "caption": captions})
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(annotations, indent=1) + "\n")
+    (root / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n")
+    files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    marker = {"params": params, "file_count": len(files), "files": files}
+    (root / "COMPLETE.json").write_text(json.dumps(marker, indent=1) + "\n")
+    return root
+
+
+def _incomplete_reason(root: Path, params: dict) -> str | None:
+    """Why ``root`` is not a complete dataset for ``params``; ``None`` if it is."""
+    try:
+        marker = json.loads((root / "COMPLETE.json").read_text())
+    except FileNotFoundError:
+        return "it has no COMPLETE.json"
+    except (OSError, ValueError) as err:
+        return f"its COMPLETE.json is unreadable ({err})"
+    if marker.get("params") != params:
+        return f"it was generated with {marker.get('params')}, not {params}"
+    for rel, size in marker.get("files", {}).items():
+        path = root / rel
+        if not path.is_file() or path.stat().st_size != size or size == 0:
+            return f"{rel} is missing or has the wrong size"
+    return None
+
+
+def ensure_synthetic_dataset(
+    root: str | os.PathLike,
+    n_train: int = 1000,
+    n_val: int = 200,
+    n_test: int = 200,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Reuses the dataset at ``root`` if it is complete for these parameters, else regenerates it.
+
+    A new dataset is generated into a temporary sibling directory and renamed into place, so ``root``
+    never holds a half-written dataset. Refuses (``FileExistsError``) to replace a directory holding
+    anything this generator does not write. Returns the absolute path of ``root``.
+    """
+    params = _params(n_train, n_val, n_test, image_size, seed)
+    root = Path(root).expanduser().resolve()
+    reason = _incomplete_reason(root, params) if root.exists() else "it does not exist"
+    if reason is None:
+        logger.info("Reusing the synthetic dataset at %s", root)
+        return root
+    if root.exists():
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES)
+        if foreign:
+            raise FileExistsError(f"will not replace {str(root)!r}: it holds foreign entries {foreign}")
+    logger.info("Generating the synthetic dataset at %s because %s", root, reason)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    old = None
+    try:
+        generate_synthetic_dataset(tmp, n_train, n_val, n_test, image_size, seed)
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            root.rename(old / "dataset")
+        try:
+            tmp.rename(root)
+        except OSError:  # another process put a dataset there meanwhile
+            if _incomplete_reason(root, params) is not None:
+                raise
+            logger.info("Another process completed %s first; using it", root)
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    logger.info("Synthetic dataset ready at %s", root)
+    return root
