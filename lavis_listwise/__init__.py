@@ -1,7 +1,19 @@
-"""lavis-listwise: listwise ranking (RSC + Smooth-NDCG) for LAVIS image-text retrieval."""
+"""lavis-listwise: listwise ranking (RSC + Smooth-NDCG) for LAVIS image-text retrieval.
+
+Importing the package registers, once, in LAVIS's registry: models ``blip_retrieval_listwise`` and
+``albef_retrieval_listwise``, task ``retrieval_listwise``, runner ``runner_listwise``, builders
+``coco_retrieval_listwise``, ``flickr30k_listwise``, ``retrieval_listwise_json``; and the losses
+``smooth_ndcg`` and ``triplet`` in the plugin's loss registry.
+"""
 
 __version__ = "0.1.0"
 
-from . import losses, metrics, relevance  # noqa: E402  (importing registers the losses)
+# LAVIS's runners and lr schedulers register themselves only when imported; `import lavis` does
+# not import them, and LAVIS's Config resolves names as soon as it parses a YAML.
+import lavis  # noqa: E402, F401
+import lavis.common.optims  # noqa: E402, F401
+import lavis.runners  # noqa: E402, F401
 
-__all__ = ["__version__", "losses", "metrics", "relevance"]
+from . import datasets, losses, metrics, models, relevance, runners, tasks  # noqa: E402
+
+__all__ = ["__version__", "datasets", "losses", "metrics", "models", "relevance", "runners", "tasks"]

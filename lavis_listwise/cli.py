@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=0)
     quick.add_argument("--steps", type=int, default=150)
     quick.add_argument("--weight", type=float, default=1.0, help="S-NDCG weight (default: %(default)s)")
+    for name, help_text in (
+        ("train", "fine-tune a LAVIS retrieval model from a YAML (LAVIS's train.py flow)"),
+        ("evaluate", "evaluate a LAVIS retrieval model from a YAML (LAVIS's evaluate.py flow)"),
+    ):
+        from .train import add_config_arguments
+
+        add_config_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
@@ -50,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from .quickstart import run
 
         run(args.cache_dir, seed=args.seed, steps=args.steps, weight=args.weight)
+    elif args.command in ("train", "evaluate"):
+        from . import train
+
+        getattr(train, args.command)(args)
     return 0
 
 

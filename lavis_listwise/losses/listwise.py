@@ -2,44 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from .registry import get_loss_class, register_loss
 from .smooth_ndcg import SmoothNDCGLoss, smooth_ndcg_loss
 from .triplet import TripletLoss
 
-__all__ = ["bidirectional_smooth_ndcg_loss", "PairwiseListwiseLoss"]
+__all__ = ["bidirectional_listwise_loss", "bidirectional_smooth_ndcg_loss", "PairwiseListwiseLoss"]
 
 register_loss("smooth_ndcg")(SmoothNDCGLoss)
 register_loss("triplet")(TripletLoss)
 
 
-def bidirectional_smooth_ndcg_loss(
-    sim: Tensor, relevance: Tensor, tau: float = 0.01, reference_compat: bool = False
+def bidirectional_listwise_loss(
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    sim: Tensor,
+    relevance: Tensor,
+    reference_compat: bool = False,
 ) -> Tensor:
-    """Mean of image->text and text->image S-NDCG losses.
+    """Mean of the image->text and text->image listwise losses.
 
     Image->text ranks row ``i`` of ``sim`` by ``relevance[i]``; text->image ranks column ``t`` by
     ``relevance[:, t]``, i.e. the transposed matrix.
 
     Args:
+        loss_fn: a listwise loss ``(scores [Q, N], relevance [Q, N]) -> scalar``.
         sim: ``[I, T]`` image-caption similarity (differentiable).
         relevance: ``[I, T]`` RSC relevance of caption ``t`` to image ``i``.
-        tau: S-NDCG temperature.
         reference_compat: reproduce the published code, which ranks the text->image lists with the
             *untransposed* relevance (only defined for square matrices). Off by default: that is a
             bug of the reference implementation.
     Returns:
         Scalar loss.
     """
-    i2t = smooth_ndcg_loss(sim, relevance, tau)
-    if reference_compat:
-        if sim.shape[0] != sim.shape[1]:
-            raise ValueError(f"reference_compat needs a square similarity matrix, got {tuple(sim.shape)}")
-        t2i = smooth_ndcg_loss(sim.t(), relevance, tau)
-    else:
-        t2i = smooth_ndcg_loss(sim.t(), relevance.t(), tau)
+    if reference_compat and sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"reference_compat needs a square similarity matrix, got {tuple(sim.shape)}")
+    i2t = loss_fn(sim, relevance)
+    t2i = loss_fn(sim.t(), relevance if reference_compat else relevance.t())
     return 0.5 * (i2t + t2i)
+
+
+def bidirectional_smooth_ndcg_loss(
+    sim: Tensor, relevance: Tensor, tau: float = 0.01, reference_compat: bool = False
+) -> Tensor:
+    """:func:`bidirectional_listwise_loss` with Smooth-NDCG at temperature ``tau``."""
+    return bidirectional_listwise_loss(
+        lambda s, r: smooth_ndcg_loss(s, r, tau), sim, relevance, reference_compat
+    )
 
 
 class PairwiseListwiseLoss(nn.Module):

@@ -228,6 +228,8 @@ def smooth_ndcg_loss(
 class SmoothNDCGLoss(nn.Module):
     """``nn.Module`` form of :func:`smooth_ndcg_loss`: ``forward(scores [Q, N], relevance [Q, N])``."""
 
+    is_listwise = True  # takes graded relevance, usable as ``model.listwise.loss``
+
     def __init__(self, tau: float = 0.01, reduction: str = "mean") -> None:
         super().__init__()
         if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:

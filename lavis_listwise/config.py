@@ -1,0 +1,120 @@
+"""The ``model.listwise`` YAML block: parsing and validation with errors that name the key."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .losses import get_loss_class
+
+__all__ = ["ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
+
+_KEY = "model.listwise"
+
+
+def default_cache_dir() -> Path:
+    """``$LAVIS_LISTWISE_CACHE`` or ``~/.cache/lavis-listwise``."""
+    env = os.environ.get("LAVIS_LISTWISE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lavis-listwise"
+
+
+def _unknown(given: Mapping, allowed: set[str], where: str) -> None:
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise ValueError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
+
+@dataclass(frozen=True)
+class RelevanceConfig:
+    """``model.listwise.relevance``: the RSC sentence encoder and its embedding cache."""
+
+    encoder: str | None = None  # local HF encoder directory; None = bundled all-MiniLM-L6-v2
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_size: int = 256
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> RelevanceConfig:
+        cfg = dict(cfg or {})
+        where = f"{_KEY}.relevance"
+        _unknown(cfg, {"encoder", "cache_dir", "batch_size"}, where)
+        encoder = cfg.get("encoder")
+        if encoder not in (None, "", "default"):
+            path = Path(str(encoder)).expanduser()
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{where}.encoder: {str(path)!r} is not a local Hugging Face encoder directory "
+                    "(no config.json); leave it unset for the bundled all-MiniLM-L6-v2"
+                )
+            encoder = str(path.resolve())
+        else:
+            encoder = None
+        cache_dir = cfg.get("cache_dir")
+        cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir else default_cache_dir()
+        batch_size = int(cfg.get("batch_size", 256))
+        if batch_size < 1:
+            raise ValueError(f"{where}.batch_size must be >= 1, got {batch_size}")
+        return cls(encoder=encoder, cache_dir=cache_dir, batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class ListwiseConfig:
+    """``model.listwise``: which listwise loss, how strongly, and where relevance comes from.
+
+    ``combine: add`` gives ``L = L_stock + weight * L_list`` (LAVIS's losses kept whole);
+    ``combine: convex`` gives the paper's ``(1 - weight) * L_stock + weight * L_list``.
+    ``weight: 0`` reproduces the stock model exactly.
+    """
+
+    loss: str = "smooth_ndcg"
+    weight: float = 0.0
+    tau: float = 0.01
+    combine: str = "add"
+    reference_compat: bool = False
+    relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> ListwiseConfig:
+        cfg = dict(cfg or {})
+        _unknown(cfg, {"loss", "weight", "tau", "combine", "reference_compat", "relevance"}, _KEY)
+        loss = str(cfg.get("loss", "smooth_ndcg"))
+        try:
+            loss_cls = get_loss_class(loss)
+        except KeyError as err:
+            raise ValueError(f"{_KEY}.loss: {err.args[0]}") from None
+        if not getattr(loss_cls, "is_listwise", False):
+            raise ValueError(f"{_KEY}.loss: {loss!r} is not a listwise loss (it takes no relevance)")
+        weight = _number(cfg.get("weight", 0.0), f"{_KEY}.weight")
+        if weight < 0:
+            raise ValueError(f"{_KEY}.weight must be >= 0, got {weight}")
+        combine = str(cfg.get("combine", "add"))
+        if combine not in ("add", "convex"):
+            raise ValueError(f"{_KEY}.combine must be 'add' or 'convex', got {combine!r}")
+        if combine == "convex" and weight > 1:
+            raise ValueError(f"{_KEY}.weight must be <= 1 with combine: convex, got {weight}")
+        tau = _number(cfg.get("tau", 0.01), f"{_KEY}.tau")
+        if not tau > 0:
+            raise ValueError(f"{_KEY}.tau must be > 0, got {tau}")
+        return cls(
+            loss=loss,
+            weight=weight,
+            tau=tau,
+            combine=combine,
+            reference_compat=bool(cfg.get("reference_compat", False)),
+            relevance=RelevanceConfig.from_cfg(cfg.get("relevance")),
+        )
+
+
+def _number(value: Any, key: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+    return out

@@ -1,0 +1,56 @@
+"""``albef_retrieval_listwise``: LAVIS's ALBEF retrieval model plus the listwise term."""
+
+from __future__ import annotations
+
+from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+
+from ..config import ListwiseConfig
+from ..registration import register_once
+from .builders import build_text_encoder, build_vision_encoder, load_configured_checkpoint
+from .listwise_mixin import ListwiseRetrievalMixin
+
+
+@register_once("model", "albef_retrieval_listwise")
+class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
+    """ALBEF retrieval with ``loss = loss_itc + loss_itm + weight * loss_listwise`` (``model.listwise``).
+
+    State dicts are key-compatible with ``albef_retrieval`` in both directions.
+    """
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "coco": "configs/models/albef_retrieval_listwise_coco.yaml",
+        "flickr": "configs/models/albef_retrieval_listwise_flickr.yaml",
+        "tiny": "configs/models/albef_retrieval_listwise_tiny.yaml",
+    }
+    blip_special_tokens = False
+
+    def __init__(self, *args, listwise: ListwiseConfig | None = None, tokenizer: str | None = None, **kwargs):
+        self._pre_init(listwise, tokenizer)
+        super().__init__(*args, **kwargs)
+        self._post_init()
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> str:
+        from ..resources import config_path
+
+        return config_path(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    @classmethod
+    def from_config(cls, cfg=None):
+        image_encoder = build_vision_encoder(cfg)
+        text_encoder = build_text_encoder(cfg, image_encoder.vision_width)
+        model = cls(
+            image_encoder=image_encoder,
+            text_encoder=text_encoder,
+            queue_size=cfg.get("queue_size", 0),
+            embed_dim=cfg.get("embed_dim", 256),
+            temp=cfg.get("temp", 0.07),
+            use_distill=cfg.get("use_distill", True),
+            momentum=cfg.get("momentum", 0.995),
+            alpha=cfg.get("alpha", 0.4),
+            max_txt_len=cfg.get("max_txt_len", 30),
+            listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
+            tokenizer=cfg.get("tokenizer"),
+        )
+        load_configured_checkpoint(model, cfg)
+        return model

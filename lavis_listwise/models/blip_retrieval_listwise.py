@@ -1,0 +1,56 @@
+"""``blip_retrieval_listwise``: LAVIS's BLIP retrieval model plus the listwise term."""
+
+from __future__ import annotations
+
+from lavis.models.blip_models.blip_retrieval import BlipRetrieval
+
+from ..config import ListwiseConfig
+from ..registration import register_once
+from .builders import build_text_encoder, build_vision_encoder, load_configured_checkpoint
+from .listwise_mixin import ListwiseRetrievalMixin
+
+
+@register_once("model", "blip_retrieval_listwise")
+class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
+    """BLIP retrieval with ``loss = loss_itc + loss_itm + weight * loss_listwise`` (``model.listwise``).
+
+    State dicts are key-compatible with ``blip_retrieval`` in both directions.
+    """
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "coco": "configs/models/blip_retrieval_listwise_coco.yaml",
+        "flickr": "configs/models/blip_retrieval_listwise_flickr.yaml",
+        "tiny": "configs/models/blip_retrieval_listwise_tiny.yaml",
+    }
+    blip_special_tokens = True
+
+    def __init__(self, *args, listwise: ListwiseConfig | None = None, tokenizer: str | None = None, **kwargs):
+        self._pre_init(listwise, tokenizer)
+        super().__init__(*args, **kwargs)
+        self._post_init()
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> str:
+        from ..resources import config_path
+
+        return config_path(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    @classmethod
+    def from_config(cls, cfg=None):
+        image_encoder = build_vision_encoder(cfg)
+        text_encoder = build_text_encoder(cfg, image_encoder.vision_width)
+        model = cls(
+            image_encoder=image_encoder,
+            text_encoder=text_encoder,
+            queue_size=cfg.get("queue_size", 0),
+            alpha=cfg.get("alpha", 0.4),
+            embed_dim=cfg.get("embed_dim", 256),
+            momentum=cfg.get("momentum", 0.995),
+            negative_all_rank=cfg.get("negative_all_rank", False),
+            max_txt_len=cfg.get("max_txt_len", 35),
+            listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
+            tokenizer=cfg.get("tokenizer"),
+        )
+        load_configured_checkpoint(model, cfg)
+        model.reset_queue_ptr()
+        return model

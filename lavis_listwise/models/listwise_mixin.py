@@ -1,0 +1,119 @@
+"""What the listwise BLIP and ALBEF retrieval models share: the listwise term on top of LAVIS's loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import ListwiseConfig
+from ..distributed import gather_no_grad, gather_with_grad
+from ..losses import bidirectional_listwise_loss, get_loss_class
+from ..relevance import rsc_relevance
+from .builders import build_bert_tokenizer
+
+__all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS"]
+
+#: Keys the ``*_listwise`` dataset builders add to each training sample.
+RSC_SAMPLE_KEYS = ("caption_index", "image_caption_index")
+
+
+class ListwiseRetrievalMixin:
+    """Adds ``weight * L_list`` to a LAVIS retrieval model's ``forward``.
+
+    ``L_list`` is the listwise loss (S-NDCG) in both directions over the cosine similarity of the
+    grad-carrying ITC features of the global batch (gathered across ranks with gradient), against
+    RSC relevance looked up in the caption-embedding table. The stock ``forward`` runs exactly once.
+    The table is a plain attribute, never part of the state dict, so checkpoints stay
+    key-compatible with LAVIS's.
+    """
+
+    #: BLIP adds [DEC]/[ENC] tokens to its tokenizer, ALBEF does not.
+    blip_special_tokens = True
+
+    def _pre_init(self, listwise: ListwiseConfig | None, tokenizer: str | None) -> None:
+        # Runs before nn.Module.__init__: the parent __init__ calls self.init_tokenizer().
+        object.__setattr__(self, "_tokenizer_source", tokenizer)
+        object.__setattr__(self, "_listwise_cfg_pending", listwise or ListwiseConfig())
+
+    def _post_init(self) -> None:
+        self.listwise_cfg = self.__dict__.pop("_listwise_cfg_pending")
+        self.listwise_loss = get_loss_class(self.listwise_cfg.loss)(tau=self.listwise_cfg.tau)
+        self._caption_embeddings: Tensor | None = None
+
+    def init_tokenizer(self):
+        """Offline tokenizer from ``model.tokenizer`` (LAVIS's is a classmethod that downloads)."""
+        return build_bert_tokenizer(self._tokenizer_source, self.blip_special_tokens)
+
+    def set_caption_embeddings(self, table: Tensor) -> None:
+        """Caption-embedding table ``[T, D]`` indexed by the samples' ``caption_index``; kept on CPU."""
+        if table.dim() != 2:
+            raise ValueError(f"caption embeddings must be [T, D], got {tuple(table.shape)}")
+        self._caption_embeddings = table.detach().to("cpu", torch.float16)
+
+    @property
+    def caption_embeddings(self) -> Tensor | None:
+        return self._caption_embeddings
+
+    def batch_relevance(self, caption_index: Tensor, image_caption_index: Tensor, image_id: Tensor) -> Tensor:
+        """RSC relevance ``[B, B]`` of sample ``b``'s caption to sample ``a``'s image.
+
+        Args:
+            caption_index: ``[B]`` row of each sample's caption in the table.
+            image_caption_index: ``[B, K]`` rows of each sample's image's captions, ``-1`` padded.
+            image_id: ``[B]`` image ids; equal ids are positives.
+        """
+        table = self._caption_embeddings
+        if table is None:
+            raise RuntimeError(
+                "caption embeddings are not set: train through runner_listwise, or call "
+                "model.set_caption_embeddings(table) first"
+            )
+        img_idx = image_caption_index.cpu()
+        img_emb = table[img_idx.clamp(min=0)]
+        txt_emb = table[caption_index.cpu()]
+        positive = image_id.view(-1, 1) == image_id.view(1, -1)
+        return rsc_relevance(img_emb, txt_emb, positive.cpu(), img_idx >= 0)
+
+    def listwise_term(self, image_feat: Tensor, text_feat: Tensor, samples: dict) -> Tensor:
+        """Bidirectional listwise loss of the global batch.
+
+        Args:
+            image_feat: ``[B, E]`` normalised ITC image features of this rank (with gradient).
+            text_feat: ``[B, E]`` normalised ITC text features of this rank (with gradient).
+            samples: the batch; needs ``image_id`` and :data:`RSC_SAMPLE_KEYS`.
+        """
+        missing = [k for k in RSC_SAMPLE_KEYS if k not in samples]
+        if missing:
+            raise KeyError(
+                f"training samples lack {missing}: the listwise loss needs the *_listwise dataset "
+                "builders (coco_retrieval_listwise, flickr30k_listwise, retrieval_listwise_json)"
+            )
+        image_all = gather_with_grad(image_feat)
+        text_all = gather_with_grad(text_feat)
+        relevance = self.batch_relevance(
+            gather_no_grad(samples["caption_index"].to(image_feat.device)),
+            gather_no_grad(samples["image_caption_index"].to(image_feat.device)),
+            gather_no_grad(samples["image_id"].to(image_feat.device)),
+        ).to(image_all.device)
+        sim = image_all @ text_all.t()
+        return bidirectional_listwise_loss(
+            self.listwise_loss, sim, relevance, self.listwise_cfg.reference_compat
+        )
+
+    def forward(self, samples: dict):
+        output = super().forward(samples)
+        cfg = self.listwise_cfg
+        if cfg.weight == 0:
+            # The stock model, untouched: same losses bit for bit.
+            output["loss_listwise"] = torch.zeros((), device=output.loss.device)
+            return output
+        inter = output.intermediate_output
+        # Same expressions as the stock forward's ITC features; the stock forward does not return them.
+        image_feat = F.normalize(self.vision_proj(inter.image_embeds[:, 0, :]), dim=-1)
+        text_feat = F.normalize(self.text_proj(inter.text_embeds[:, 0, :]), dim=-1)
+        loss_listwise = self.listwise_term(image_feat, text_feat, samples)
+        keep = 1.0 - cfg.weight if cfg.combine == "convex" else 1.0
+        output["loss"] = keep * output.loss + cfg.weight * loss_listwise
+        output["loss_listwise"] = loss_listwise
+        return output

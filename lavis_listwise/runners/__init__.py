@@ -1,0 +1,5 @@
+"""Runners registered in LAVIS: ``runner_listwise``."""
+
+from .runner_listwise import RunnerListwise
+
+__all__ = ["RunnerListwise"]

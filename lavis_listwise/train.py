@@ -1,0 +1,91 @@
+"""LAVIS's ``train.py`` / ``evaluate.py`` flow with the plugin imported before the config is parsed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["add_config_arguments", "build_run", "train", "evaluate"]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--cfg-path`` and ``--options``, as LAVIS's train.py and evaluate.py take them."""
+    parser.add_argument("--cfg-path", required=True, help="path to the run's YAML configuration")
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        default=[],
+        help="override settings of the YAML, as key=value (e.g. run.max_epoch=2 model.listwise.weight=0.5)",
+    )
+    parser.add_argument("--job-id", default=None, help="output sub-directory name (default: a timestamp)")
+
+
+def _setup_seeds(run_cfg) -> None:
+    from lavis.common.dist_utils import get_rank
+
+    seed = int(run_cfg.get("seed", 42)) + get_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def build_run(args: argparse.Namespace):
+    """Parse the YAML (after registering the plugin), set up distribution and seeds, and build
+    the task, datasets, model and runner."""
+    from pathlib import Path as _Path
+
+    import lavis.tasks as tasks
+    from lavis.common.config import Config
+    from lavis.common.logger import setup_logger
+    from lavis.common.registry import registry
+
+    import lavis_listwise  # noqa: F401  (registers the plugin before the config is parsed)
+
+    from .distributed import init_distributed
+
+    if not _Path(args.cfg_path).is_file():
+        raise FileNotFoundError(f"--cfg-path: {args.cfg_path!r} does not exist")
+    cfg = Config(argparse.Namespace(cfg_path=args.cfg_path, options=args.options))
+    init_distributed(cfg.run_cfg)
+    _setup_seeds(cfg.run_cfg)
+    setup_logger()
+    cfg.pretty_print()
+    task = tasks.setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    job_id = args.job_id or datetime.now().strftime("%Y%m%d%H%M")
+    runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
+    return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+
+
+def _write_results(runner, logs: dict | None, name: str) -> None:
+    from lavis.common.dist_utils import is_main_process
+
+    if not logs or not is_main_process():
+        return
+    path = Path(runner.output_dir) / name
+    path.write_text(json.dumps(logs, indent=2, default=float) + "\n")
+    logging.info("results written to %s", path)
+
+
+def train(args: argparse.Namespace) -> dict | None:
+    runner = build_run(args)
+    logs = runner.train()
+    _write_results(runner, logs, "test_results.json")
+    return logs
+
+
+def evaluate(args: argparse.Namespace) -> dict | None:
+    runner = build_run(args)
+    logs = runner.evaluate(skip_reload=True)
+    _write_results(runner, logs, "evaluate_results.json")
+    return logs
