@@ -66,9 +66,7 @@ class RetrievalListwiseTask(RetrievalTask):
         # Give each training dataset its own range of caption rows and image ids, so several
         # datasets combined neither collide in ITC positives nor in the caption table.
         caption_offset = image_offset = 0
-        train_sets = [
-            d["train"] for d in datasets.values() if isinstance(d.get("train"), ListwiseRetrievalDataset)
-        ]
+        train_sets = [d["train"] for d in datasets.values() if hasattr(d.get("train"), "image_caption_index")]
         width = max((d.image_caption_index.shape[1] for d in train_sets), default=0)
         for dataset in train_sets:
             dataset.caption_offset, dataset.image_id_offset = caption_offset, image_offset

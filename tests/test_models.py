@@ -1,0 +1,177 @@
+"""The listwise models against LAVIS's own retrieval classes, on tiny offline configs."""
+
+import copy
+
+import pytest
+import torch
+from lavis.common.registry import registry
+from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+from lavis.models.blip_models.blip_retrieval import BlipRetrieval
+from omegaconf import OmegaConf
+
+import lavis_listwise  # noqa: F401
+from lavis_listwise.config import ListwiseConfig
+from lavis_listwise.models.builders import build_bert_tokenizer
+
+ARCHS = {"blip_retrieval_listwise": BlipRetrieval, "albef_retrieval_listwise": AlbefRetrieval}
+
+
+def tiny_cfg(arch, **listwise):
+    cfg = OmegaConf.load(registry.get_model_class(arch).default_config_path("tiny")).model
+    cfg.listwise.update(listwise)
+    return cfg
+
+
+def stock_twin(model, stock_cls):
+    """LAVIS's stock class with the same weights; only its tokenizer is built from the local vocab."""
+
+    class OfflineStock(stock_cls):
+        @classmethod
+        def init_tokenizer(cls):
+            return build_bert_tokenizer(None, blip_special_tokens=stock_cls is BlipRetrieval)
+
+    kwargs = dict(
+        image_encoder=copy.deepcopy(model.visual_encoder),
+        text_encoder=copy.deepcopy(model.text_encoder),
+        queue_size=model.queue_size,
+        embed_dim=model.vision_proj.out_features,
+        momentum=model.momentum,
+        alpha=model.alpha,
+        max_txt_len=model.max_txt_len,
+    )
+    stock = OfflineStock(**kwargs)
+    stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
+    return stock
+
+
+def batch(n_images=4, per_image=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.arange(n_images).repeat_interleave(per_image)
+    words = ["red", "blue", "green", "small", "large", "circle", "square", "star"]
+    texts = [" ".join(words[j] for j in torch.randint(0, 8, (4,), generator=g).tolist()) for _ in ids]
+    caps = torch.arange(n_images * 5).view(n_images, 5)
+    return {
+        "image": torch.randn(len(ids), 3, 32, 32, generator=g),
+        "text_input": texts,
+        "image_id": ids,
+        "caption_index": caps[ids, torch.arange(len(ids)) % per_image],
+        "image_caption_index": caps[ids],
+        "epoch": 0,
+        "iters": 1,
+        "num_iters_per_epoch": 10,
+    }
+
+
+def table(n=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, 384, generator=g), dim=-1)
+
+
+def _run(model, samples, seed=0):
+    torch.manual_seed(seed)  # ITM negatives are sampled with torch.multinomial
+    return model(samples)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weight_zero_is_bit_identical_to_stock(arch):
+    torch.manual_seed(0)
+    model = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=0.0)).train()
+    stock = stock_twin(model, ARCHS[arch]).train()
+    samples = batch()
+    ours, theirs = _run(model, samples), _run(stock, samples)
+    for key in ("loss", "loss_itc", "loss_itm"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert ours["loss_listwise"] == 0
+    ours.loss.backward()
+    theirs.loss.backward()
+    for (name, p), q in zip(model.named_parameters(), stock.parameters()):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_listwise_term_adds_to_the_stock_losses(arch):
+    torch.manual_seed(0)
+    model = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=0.5)).train()
+    stock = stock_twin(model, ARCHS[arch]).train()
+    model.set_caption_embeddings(table())
+    samples = batch()
+    ours, theirs = _run(model, samples), _run(stock, samples)
+    assert torch.equal(ours.loss_itc, theirs.loss_itc) and torch.equal(ours.loss_itm, theirs.loss_itm)
+    assert ours.loss_listwise > 0
+    torch.testing.assert_close(ours.loss, theirs.loss + 0.5 * ours.loss_listwise)
+    ours.loss.backward()
+    assert model.vision_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_state_dicts_are_lavis_compatible_both_ways(arch):
+    torch.manual_seed(0)
+    model = registry.get_model_class(arch).from_config(tiny_cfg(arch))
+    model.set_caption_embeddings(table())
+    stock = stock_twin(model, ARCHS[arch])
+    assert set(model.state_dict()) == set(stock.state_dict())  # the table is never saved
+    for p in stock.parameters():
+        p.data.add_(1.0)
+    model.load_state_dict(stock.state_dict())  # strict, stock -> listwise
+    torch.testing.assert_close(model.state_dict(), stock.state_dict())
+
+
+def test_convex_combination_and_reference_compat():
+    arch = "blip_retrieval_listwise"
+    torch.manual_seed(0)
+    convex = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=0.25, combine="convex"))
+    convex.set_caption_embeddings(table())
+    out = _run(convex.train(), batch())
+    torch.testing.assert_close(out.loss, 0.75 * (out.loss_itc + out.loss_itm) + 0.25 * out.loss_listwise)
+    convex.listwise_cfg = ListwiseConfig.from_cfg(
+        {"weight": 0.25, "combine": "convex", "reference_compat": True}
+    )
+    assert _run(convex, batch()).loss_listwise != out.loss_listwise
+
+
+def test_missing_rsc_fields_and_table_are_clear_errors():
+    arch = "blip_retrieval_listwise"
+    model = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=1.0)).train()
+    samples = batch()
+    with pytest.raises(RuntimeError, match="caption embeddings are not set"):
+        model(samples)
+    model.set_caption_embeddings(table())
+    del samples["caption_index"]
+    with pytest.raises(KeyError, match="coco_retrieval_listwise"):
+        model(samples)
+
+
+@pytest.mark.parametrize(
+    "listwise,match",
+    [
+        ({"loss": "nope"}, "model.listwise.loss: unknown loss 'nope'"),
+        ({"loss": "triplet"}, "model.listwise.loss: 'triplet' is not a listwise loss"),
+        ({"weight": -0.1}, "model.listwise.weight must be >= 0"),
+        ({"weight": 2, "combine": "convex"}, "model.listwise.weight must be <= 1"),
+        ({"tau": 0}, "model.listwise.tau must be > 0"),
+        ({"tau": "abc"}, "model.listwise.tau must be a number"),
+        ({"combine": "mul"}, "model.listwise.combine"),
+        ({"weigth": 1}, "model.listwise: unknown key"),
+        ({"relevance": {"encoder": "/nonexistent/encoder"}}, "model.listwise.relevance.encoder"),
+    ],
+)
+def test_bad_listwise_config_names_the_key(listwise, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        ListwiseConfig.from_cfg(listwise)
+
+
+def test_bad_model_config_names_the_key(tmp_path):
+    cfg = tiny_cfg("blip_retrieval_listwise")
+    cfg.vit_type = "huge"
+    with pytest.raises(ValueError, match="model.vit_type"):
+        registry.get_model_class("blip_retrieval_listwise").from_config(cfg)
+    cfg = tiny_cfg("blip_retrieval_listwise")
+    cfg.tokenizer = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="model.tokenizer"):
+        registry.get_model_class("blip_retrieval_listwise").from_config(cfg)
+
+
+def test_bundled_tokenizer_matches_bert_base_uncased_vocabulary():
+    tok = build_bert_tokenizer(None, blip_special_tokens=True)
+    assert len(tok) == 30524 and tok.enc_token_id == 30523 and tok.bos_token_id == 30522
+    assert tok("A Dog, running!").input_ids == [101, 1037, 3899, 1010, 2770, 999, 102]
