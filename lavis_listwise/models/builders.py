@@ -18,7 +18,13 @@ from transformers import BertConfig, BertTokenizer
 
 from ..relevance.encoder import default_encoder_path
 
-__all__ = ["build_bert_tokenizer", "build_vision_encoder", "build_text_encoder", "load_configured_checkpoint"]
+__all__ = [
+    "build_bert_tokenizer",
+    "build_vision_encoder",
+    "build_text_encoder",
+    "load_configured_checkpoint",
+    "stock_twin",
+]
 
 
 def build_bert_tokenizer(source: str | None, blip_special_tokens: bool) -> BertTokenizer:
@@ -119,3 +125,42 @@ def load_configured_checkpoint(model, cfg) -> None:
         model.load_checkpoint_from_config(cfg)
     else:
         logging.info("model.pretrained is not set: weights are initialised from scratch")
+
+
+def stock_twin(model):
+    """LAVIS's stock retrieval model (``BlipRetrieval`` or ``AlbefRetrieval``) with ``model``'s weights.
+
+    Only the tokenizer differs from a plain LAVIS construction: it comes from the same offline
+    vocabulary as ``model``'s, so the twin builds without network. Used to check ``weight: 0``
+    parity and to time the listwise term against the stock step.
+    """
+    import copy
+
+    from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+    from lavis.models.blip_models.blip_retrieval import BlipRetrieval
+
+    stock_cls = next(c for c in (BlipRetrieval, AlbefRetrieval) if isinstance(model, c))
+    source, blip = model._tokenizer_source, stock_cls is BlipRetrieval
+
+    class OfflineStock(stock_cls):
+        @classmethod
+        def init_tokenizer(cls):
+            return build_bert_tokenizer(source, blip_special_tokens=blip)
+
+    kwargs = dict(
+        image_encoder=copy.deepcopy(model.visual_encoder),
+        text_encoder=copy.deepcopy(model.text_encoder),
+        queue_size=model.queue_size,
+        embed_dim=model.vision_proj.out_features,
+        momentum=model.momentum,
+        alpha=model.alpha,
+        max_txt_len=model.max_txt_len,
+    )
+    if blip:
+        kwargs["negative_all_rank"] = model.negative_all_rank
+    else:
+        kwargs["use_distill"] = model.use_distill
+    stock = OfflineStock(**kwargs)
+    stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
+    stock.temp.data.copy_(model.temp.data)
+    return stock.to(model.device)
