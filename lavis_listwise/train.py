@@ -38,9 +38,9 @@ def _setup_seeds(run_cfg) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def build_run(args: argparse.Namespace):
+def build_run(args: argparse.Namespace, quiet: bool = False):
     """Parse the YAML (after registering the plugin), set up distribution and seeds, and build
-    the task, datasets, model and runner."""
+    the task, datasets, model and runner. ``quiet`` keeps LAVIS's INFO logging and config dump off."""
     from pathlib import Path as _Path
 
     import lavis.tasks as tasks
@@ -58,7 +58,10 @@ def build_run(args: argparse.Namespace):
     init_distributed(cfg.run_cfg)
     _setup_seeds(cfg.run_cfg)
     setup_logger()
-    cfg.pretty_print()
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    else:
+        cfg.pretty_print()
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)

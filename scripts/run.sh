@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the local virtual environment, then run one job:
-#   bash scripts/run.sh quickstart   the main job: a short CPU run of the listwise objective
+#   bash scripts/run.sh demo         the main job: pairwise vs listwise on synthetic data (CPU, ~5 min)
 #   bash scripts/run.sh test         pre-commit on every file, then the whole pytest suite
 # Environment: PYTHON (default python3.11, else python3), LAVIS_LISTWISE_VENV (default .venv).
 set -euo pipefail
@@ -34,10 +34,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PATH="$PWD/$venv/bin:$PATH"
 
 case "${1:-}" in
-  quickstart)
+  demo)
     setup base
     shift
-    exec lavis-listwise quickstart "$@"
+    exec lavis-listwise demo "$@"
     ;;
   test)
     setup dev
@@ -54,7 +54,7 @@ case "${1:-}" in
     exit "$rc"
     ;;
   *)
-    echo "usage: bash scripts/run.sh {quickstart|test} [args...]" >&2
+    echo "usage: bash scripts/run.sh {demo|test} [args...]" >&2
     exit 2
     ;;
 esac

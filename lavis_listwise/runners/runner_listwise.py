@@ -73,8 +73,8 @@ class RunnerListwise(RunnerBase):
         if is_main_process():
             result_dir.mkdir(parents=True, exist_ok=True)
         _barrier()
-        registry.register_path("result_dir", str(result_dir))
-        registry.register_path("output_dir", str(output_dir))
+        # registry.register_path raises on a second run in the same process (the demo trains twice)
+        registry.mapping["paths"].update(result_dir=str(result_dir), output_dir=str(output_dir))
         self.result_dir, self.output_dir = result_dir, output_dir
 
     @property

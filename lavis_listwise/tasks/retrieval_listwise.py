@@ -149,6 +149,7 @@ class RetrievalListwiseTask(RetrievalTask):
                 f"captions); set run.k_test <= {min(n_img, n_txt)}"
             )
         score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
+        self.last_scores = (score_i2t, score_t2i)  # kept for inspection (the demo draws rankings)
         if not is_main_process():
             return None
         result = self._report_metrics(score_i2t, score_t2i, dataset.txt2img, dataset.img2txt)

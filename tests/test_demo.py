@@ -1,0 +1,41 @@
+"""``lavis-listwise demo --quick`` end to end, in a subprocess, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lavis_listwise", "demo", "--quick", "--output-dir", str(tmp_path / "out"),
+         "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "LAVIS_LISTWISE_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    table = out.stdout[out.stdout.index("metric ") :]
+    for key in (
+        "txt_r1",
+        "img_r10",
+        "r_mean",
+        "txt_ndcg5",
+        "img_ndcg20",
+        "pairwise",
+        "listwise",
+        "difference",
+    ):
+        assert key in table
+    assert "[demo] elapsed:" in out.stdout
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    pairwise, listwise = results["mean"]["pairwise"], results["mean"]["listwise"]
+    for key, diff in results["mean"]["difference"].items():
+        assert abs(diff - (listwise[key] - pairwise[key])) < 1e-9
+        assert 0 <= pairwise[key] <= 100 and 0 <= listwise[key] <= 100
+    picture = Image.open(tmp_path / "out" / "rankings.png")
+    assert picture.width > 800 and picture.height > 300
+    # both runs went through LAVIS's runner: each has its own run directory with metrics
+    assert (tmp_path / "out" / "seed0-pairwise" / "metrics.jsonl").is_file()
+    assert (tmp_path / "out" / "seed0-listwise" / "metrics.jsonl").is_file()
+    assert list((tmp_path / "cache").glob("captions-*.emb"))  # RSC cache under LAVIS_LISTWISE_CACHE
