@@ -26,61 +26,72 @@ def tiny_dataset(tmp_path_factory):
     )
 
 
-def write_run_yaml(
-    path, data_root, output_dir, cache_dir, arch="blip_retrieval_listwise", weight=1.0, extra=""
-):
-    """A YAML-only LAVIS run on ``data_root`` with a tiny model, on CPU."""
-    path.write_text(
+def dataset_yaml(root, builder="retrieval_listwise_json"):
+    """The ``datasets:`` entry (indented) for a COCO-format dataset at ``root``, at 32 px."""
+    return textwrap.indent(
         textwrap.dedent(
             f"""
-            model:
-              arch: {arch}
-              model_type: tiny
-              listwise:
-                weight: {weight}
-                relevance:
-                  cache_dir: {cache_dir}
-            datasets:
-              retrieval_listwise_json:
-                vis_processor:
-                  train: {{name: blip_image_train, image_size: 32}}
-                  eval: {{name: blip_image_eval, image_size: 32}}
-                text_processor:
-                  train: {{name: blip_caption}}
-                  eval: {{name: blip_caption}}
-                build_info:
-                  annotations:
-                    train: {{storage: {data_root}/annotations/train.json}}
-                    val: {{storage: {data_root}/annotations/val.json}}
-                    test: {{storage: {data_root}/annotations/test.json}}
-                  images: {{storage: {data_root}}}
-            run:
-              task: retrieval_listwise
-              runner: runner_listwise
-              lr_sched: linear_warmup_cosine_lr
-              init_lr: 1e-3
-              min_lr: 0
-              weight_decay: 0.05
-              max_epoch: 1
-              num_workers: 0
-              batch_size_train: 8
-              batch_size_eval: 8
-              train_splits: [train]
-              valid_splits: [val]
-              test_splits: [test]
-              device: cpu
-              world_size: 1
-              dist_url: env://
-              distributed: False
-              use_dist_eval_sampler: False
-              k_test: 4
-              seed: 42
-              output_dir: {output_dir}
-              amp: False
-              resume_ckpt_path: null
-              evaluate: False
+            {builder}:
+              vis_processor:
+                train: {{name: blip_image_train, image_size: 32}}
+                eval: {{name: blip_image_eval, image_size: 32}}
+              text_processor:
+                train: {{name: blip_caption}}
+                eval: {{name: blip_caption}}
+              build_info:
+                annotations:
+                  train: {{storage: {root}/annotations/train.json}}
+                  val: {{storage: {root}/annotations/val.json}}
+                  test: {{storage: {root}/annotations/test.json}}
+                images: {{storage: {root}}}
             """
-        )
-        + extra
+        ).strip("\n"),
+        "  ",
     )
+
+
+def write_run_yaml(path, data_root, output_dir, cache_dir, arch="blip_retrieval_listwise", weight=1.0):
+    """A YAML-only LAVIS run on ``data_root`` with a tiny model, on CPU."""
+    head = textwrap.dedent(
+        f"""
+        model:
+          arch: {arch}
+          model_type: tiny
+          listwise:
+            weight: {weight}
+            relevance:
+              cache_dir: {cache_dir}
+        datasets:
+        """
+    )
+    run = textwrap.dedent(
+        f"""
+        run:
+          task: retrieval_listwise
+          runner: runner_listwise
+          lr_sched: linear_warmup_cosine_lr
+          init_lr: 1e-3
+          min_lr: 0
+          weight_decay: 0.05
+          max_epoch: 1
+          num_workers: 0
+          batch_size_train: 8
+          batch_size_eval: 8
+          train_splits: [train]
+          valid_splits: [val]
+          test_splits: [test]
+          device: cpu
+          world_size: 1
+          dist_url: env://
+          distributed: False
+          use_dist_eval_sampler: False
+          k_test: 4
+          seed: 42
+          output_dir: {output_dir}
+          amp: False
+          resume_ckpt_path: null
+          evaluate: False
+        """
+    )
+    path.write_text(head + dataset_yaml(data_root) + "\n" + run)
     return path

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_run_yaml
+from conftest import dataset_yaml, write_run_yaml
 from lavis.common.config import Config
 from lavis.common.registry import registry
 
@@ -37,23 +37,9 @@ def test_builder_adds_rsc_indices(tmp_path, tiny_dataset):
 def test_two_training_datasets_do_not_collide(tmp_path, tiny_dataset):
     second = tmp_path / "second"
     shutil.copytree(tiny_dataset, second)
-    extra = f"""
-  coco_retrieval_listwise:
-    vis_processor:
-      train: {{name: blip_image_train, image_size: 32}}
-      eval: {{name: blip_image_eval, image_size: 32}}
-    text_processor:
-      train: {{name: blip_caption}}
-      eval: {{name: blip_caption}}
-    build_info:
-      annotations:
-        train: {{storage: {second}/annotations/train.json}}
-        val: {{storage: {second}/annotations/val.json}}
-        test: {{storage: {second}/annotations/test.json}}
-      images: {{storage: {second}}}
-"""
+    extra = dataset_yaml(second, builder="coco_retrieval_listwise") + "\n"
     text = write_run_yaml(tmp_path / "r.yaml", tiny_dataset, tmp_path / "o", tmp_path / "c").read_text()
-    (tmp_path / "r.yaml").write_text(text.replace("run:\n", extra.lstrip("\n") + "run:\n", 1))
+    (tmp_path / "r.yaml").write_text(text.replace("run:\n", extra + "run:\n", 1))
     cfg = _config(tmp_path / "r.yaml")
     task = registry.get_task_class("retrieval_listwise").setup_task(cfg=cfg)
     built = task.build_datasets(cfg)

@@ -24,17 +24,6 @@ class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
     }
     blip_special_tokens = True
 
-    def __init__(self, *args, listwise: ListwiseConfig | None = None, tokenizer: str | None = None, **kwargs):
-        self._pre_init(listwise, tokenizer)
-        super().__init__(*args, **kwargs)
-        self._post_init()
-
-    @classmethod
-    def default_config_path(cls, model_type: str) -> str:
-        from ..resources import config_path
-
-        return config_path(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
-
     @classmethod
     def from_config(cls, cfg=None):
         image_encoder = build_vision_encoder(cfg)

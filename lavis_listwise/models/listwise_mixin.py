@@ -10,6 +10,7 @@ from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..losses import bidirectional_listwise_loss, get_loss_class
 from ..relevance import rsc_relevance
+from ..resources import config_path
 from .builders import build_bert_tokenizer
 
 __all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS"]
@@ -31,15 +32,23 @@ class ListwiseRetrievalMixin:
     #: BLIP adds [DEC]/[ENC] tokens to its tokenizer, ALBEF does not.
     blip_special_tokens = True
 
-    def _pre_init(self, listwise: ListwiseConfig | None, tokenizer: str | None) -> None:
-        # Runs before nn.Module.__init__: the parent __init__ calls self.init_tokenizer().
+    def __init__(self, *args, listwise: ListwiseConfig | None = None, tokenizer: str | None = None, **kwargs):
+        """``args``/``kwargs`` go to the LAVIS model; ``listwise`` is ``model.listwise``, ``tokenizer``
+        is ``model.tokenizer``."""
+        # Set before nn.Module.__init__ runs: the LAVIS __init__ calls self.init_tokenizer().
         object.__setattr__(self, "_tokenizer_source", tokenizer)
-        object.__setattr__(self, "_listwise_cfg_pending", listwise or ListwiseConfig())
-
-    def _post_init(self) -> None:
-        self.listwise_cfg = self.__dict__.pop("_listwise_cfg_pending")
-        self.listwise_loss = get_loss_class(self.listwise_cfg.loss)(tau=self.listwise_cfg.tau)
+        super().__init__(*args, **kwargs)
+        self.listwise_cfg = listwise or ListwiseConfig()
+        # listwise losses are built from (tau, kernel); see lavis_listwise.losses.registry
+        self.listwise_loss = get_loss_class(self.listwise_cfg.loss)(
+            tau=self.listwise_cfg.tau, kernel=self.listwise_cfg.kernel
+        )
         self._caption_embeddings: Tensor | None = None
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> str:
+        """The plugin's model YAMLs live under ``configs/``, not inside LAVIS."""
+        return config_path(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
     def init_tokenizer(self):
         """Offline tokenizer from ``model.tokenizer`` (LAVIS's is a classmethod that downloads)."""
