@@ -1,11 +1,14 @@
-"""Smooth-NDCG forward+backward: the published-style broadcast formula vs lavis-listwise's loss.
+"""Smooth-NDCG forward+backward: the published-style broadcast formula vs lavis-listwise's kernels.
 
-Each (implementation, B, device) runs in a fresh process on identical inputs (Q = N = B, seed 0):
+Implementations: ``published`` (every ``B x B x B`` tensor materialised, as the published code does),
+``chunked`` (``kernel="torch"``: tiled closed-form backward) and ``compiled`` (``kernel="compiled"``:
+fused ``torch.compile`` reductions). Each (implementation, B, device) runs in a fresh process on
+identical inputs (Q = N = B, seed 0), after warm-up calls on two small shapes (which also compile):
 extra peak memory is measured on the first full-size call (CPU: growth of the process's peak RSS;
 CUDA: growth of ``max_memory_allocated``), time is the median of the following calls.
 
-    python benchmarks/bench_smooth_ndcg.py                       # CPU (and CUDA when present)
-    python benchmarks/bench_smooth_ndcg.py --device cpu --sizes 128 256 512 1024
+    python benchmarks/bench_smooth_ndcg.py --device cpu                       # B = 128 .. 1024
+    python benchmarks/bench_smooth_ndcg.py --device cuda --sizes 256 1024 4096 8192
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import time
 
-IMPLS = {"published-style": "reference", "lavis-listwise": "ours"}
+IMPLS = ("published", "chunked", "compiled")
 CUBES_ALIVE = 12  # Q*N*N tensors the broadcast formula keeps alive through backward (measured ~10-11)
 
 
@@ -30,10 +33,10 @@ def _worker(impl: str, size: int, device: str, reps: int) -> dict:
     from lavis_listwise.losses.reference import smooth_ndcg_loss_reference
 
     def step(scores, rel):
-        if impl == "reference":
+        if impl == "published":
             loss = smooth_ndcg_loss_reference(scores, rel, 0.01).mean()
         else:
-            loss = smooth_ndcg_loss(scores, rel, 0.01)
+            loss = smooth_ndcg_loss(scores, rel, 0.01, kernel="torch" if impl == "chunked" else "compiled")
         loss.backward()
         return loss
 
@@ -44,7 +47,8 @@ def _worker(impl: str, size: int, device: str, reps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     scores = (torch.randn(size, size, generator=g) * 0.1).to(device).requires_grad_()
     rel = torch.rand(size, size, generator=g).to(device)
-    step(scores[:8, :8].detach().requires_grad_(), rel[:8, :8])  # kernels and allocator warm-up
+    for w in (8, 12):  # kernels, allocator and (dynamic-shape) compilation warm-up
+        step(scores[:w, :w].detach().requires_grad_(), rel[:w, :w])
     sync()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -109,33 +113,37 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else "")
     )
-    print(
-        "| device | B | published-style ms | published-style MiB | ours ms | ours MiB "
-        "| speed-up | memory ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    head = "| device | B | " + " | ".join(f"{i} ms | {i} MiB" for i in IMPLS)
+    head += " | chunked vs published | compiled vs chunked |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for device in devices:
         for size in args.sizes:
-            ours = _run("ours", size, device, args.reps)
-            need = CUBES_ALIVE * size**3 * 4
-            if need > 0.8 * _available_bytes(device):
-                ref = {"error": f"skipped: needs ~{need / 2**30:.0f} GiB"}
-            else:
-                ref = _run("reference", size, device, max(1, args.reps - 1))
-            if "error" in ref:
-                row = [ref["error"], "", f"{ours['ms']:.1f}", f"{ours['mib']:.1f}", "", ""]
-            else:
-                if abs(ref["loss"] - ours["loss"]) > 1e-4:
-                    raise SystemExit(f"loss mismatch at B={size}: {ref['loss']} vs {ours['loss']}")
-                row = [
-                    f"{ref['ms']:.1f}",
-                    f"{ref['mib']:.0f}",
-                    f"{ours['ms']:.1f}",
-                    f"{ours['mib']:.1f}",
-                    f"{ref['ms'] / ours['ms']:.1f}x",
-                    f"{ref['mib'] / max(ours['mib'], 1.0):.0f}x",
-                ]
-            print(f"| {device} | {size} | " + " | ".join(row) + " |", flush=True)
+            rows = {}
+            for impl in IMPLS:
+                need = CUBES_ALIVE * size**3 * 4 if impl == "published" else 0
+                if need > 0.8 * _available_bytes(device):
+                    rows[impl] = {"error": f"skipped (~{need / 2**30:.0f} GiB)"}
+                else:
+                    rows[impl] = _run(impl, size, device, args.reps)
+            ok = {k: v for k, v in rows.items() if "error" not in v}
+            losses = [v["loss"] for v in ok.values()]
+            if losses and max(losses) - min(losses) > 1e-4:
+                raise SystemExit(f"loss mismatch at B={size}: {ok}")
+            cells = []
+            for impl in IMPLS:
+                r = rows[impl]
+                cells += [r["error"], ""] if "error" in r else [f"{r['ms']:.1f}", f"{r['mib']:.1f}"]
+            cells += [_ratio(ok, "published", "chunked"), _ratio(ok, "chunked", "compiled")]
+            print(f"| {device} | {size} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _ratio(ok: dict, slow: str, fast: str) -> str:
+    if slow not in ok or fast not in ok:
+        return ""
+    speed = ok[slow]["ms"] / ok[fast]["ms"]
+    memory = ok[slow]["mib"] / max(ok[fast]["mib"], 1.0)
+    return f"{speed:.1f}x faster, {memory:.0f}x less memory"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .losses import get_loss_class
+from .losses.smooth_ndcg import KERNELS
 
 __all__ = ["ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
 
@@ -68,7 +69,8 @@ class ListwiseConfig:
 
     ``combine: add`` gives ``L = L_stock + weight * L_list`` (LAVIS's losses kept whole);
     ``combine: convex`` gives the paper's ``(1 - weight) * L_stock + weight * L_list``.
-    ``weight: 0`` reproduces the stock model exactly.
+    ``weight: 0`` reproduces the stock model exactly. ``kernel`` picks the S-NDCG implementation:
+    ``torch`` (chunked), ``compiled`` (``torch.compile`` fused reductions) or ``auto`` (compiled on CUDA).
     """
 
     loss: str = "smooth_ndcg"
@@ -76,12 +78,13 @@ class ListwiseConfig:
     tau: float = 0.01
     combine: str = "add"
     reference_compat: bool = False
+    kernel: str = "auto"
     relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> ListwiseConfig:
         cfg = dict(cfg or {})
-        _unknown(cfg, {"loss", "weight", "tau", "combine", "reference_compat", "relevance"}, _KEY)
+        _unknown(cfg, {"loss", "weight", "tau", "combine", "reference_compat", "kernel", "relevance"}, _KEY)
         loss = str(cfg.get("loss", "smooth_ndcg"))
         try:
             loss_cls = get_loss_class(loss)
@@ -100,8 +103,15 @@ class ListwiseConfig:
         tau = _number(cfg.get("tau", 0.01), f"{_KEY}.tau")
         if not tau > 0:
             raise ValueError(f"{_KEY}.tau must be > 0, got {tau}")
+        kernel = str(cfg.get("kernel", "auto"))
+        if kernel not in KERNELS:
+            raise ValueError(
+                f"{_KEY}.kernel must be one of {list(KERNELS)}, got {kernel!r} (no Triton kernel: the "
+                "compiled path is within reach of the arithmetic floor, see DESIGN.md)"
+            )
         return cls(
             loss=loss,
+            kernel=kernel,
             weight=weight,
             tau=tau,
             combine=combine,

@@ -26,7 +26,7 @@ def test_gradcheck_closed_form_backward(q, n):
     scores.requires_grad_()
     # small tiles so several query chunks and candidate blocks are exercised
     assert torch.autograd.gradcheck(
-        lambda s: _SmoothNDCG.apply(s, relevance, 0.05, 16, 2048), (scores,), eps=1e-6, atol=1e-7
+        lambda s: _SmoothNDCG.apply(s, relevance, 0.05, 16, 2048, "torch"), (scores,), eps=1e-6, atol=1e-7
     )
 
 

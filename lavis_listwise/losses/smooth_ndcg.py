@@ -27,7 +27,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
+from .smooth_ndcg_compiled import compiled_available, compiled_rank_backward, compiled_ranks
+
+__all__ = ["KERNELS", "SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LN2 = math.log(2.0)
@@ -130,23 +132,48 @@ def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
     return (gains / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
 
 
+KERNELS = ("auto", "torch", "compiled")
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """``auto``: the compiled path on CUDA, the chunked PyTorch path elsewhere."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "auto":
+        kernel = "compiled" if device.type == "cuda" else "torch"
+    if kernel == "compiled" and not compiled_available(device):
+        kernel = "torch"
+    return kernel
+
+
+def _ranks(scaled: Tensor, kernel: str, block: int, tile_bytes: int) -> Tensor:
+    out = compiled_ranks(scaled) if kernel == "compiled" else None
+    return out if out is not None else smoothed_ranks(scaled, block, tile_bytes)
+
+
+def _ranks_backward(scaled: Tensor, grad_rank: Tensor, kernel: str, block: int, tile_bytes: int) -> Tensor:
+    out = compiled_rank_backward(scaled, grad_rank) if kernel == "compiled" else None
+    return out if out is not None else _rank_backward(scaled, grad_rank, block, tile_bytes)
+
+
 class _SmoothNDCG(torch.autograd.Function):
-    """Per-row ``1 - DCG/IDCG`` with the closed-form, tiled backward."""
+    """Per-row ``1 - DCG/IDCG`` with the closed-form backward (tiled or compiled)."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, block: int, tile_bytes: int):
+    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, block: int, tile_bytes: int, kernel: str):
         dtype = _compute_dtype(scores.dtype)
         scaled = scores.detach().to(dtype) / tau
         rel = relevance.detach().to(dtype)
         gains = torch.expm1(rel * _LN2)
         idcg = ideal_dcg(gains, rel)
-        ranks = smoothed_ranks(scaled, block, tile_bytes)
+        ranks = _ranks(scaled, kernel, block, tile_bytes)
         dcg = (gains / torch.log2(1.0 + ranks)).sum(dim=1)
         valid = idcg > 0
         safe_idcg = torch.where(valid, idcg, torch.ones_like(idcg))
         loss = torch.where(valid, 1.0 - dcg / safe_idcg, torch.zeros_like(dcg))
         ctx.save_for_backward(scaled, gains, ranks, safe_idcg, valid)
-        ctx.tau, ctx.block, ctx.tile_bytes, ctx.input_dtype = tau, block, tile_bytes, scores.dtype
+        ctx.tau, ctx.block, ctx.tile_bytes, ctx.kernel = tau, block, tile_bytes, kernel
+        ctx.input_dtype = scores.dtype
         return loss
 
     @staticmethod
@@ -154,13 +181,13 @@ class _SmoothNDCG(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         scaled, gains, ranks, safe_idcg, valid = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         coef = torch.where(valid, grad_loss.to(scaled.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
         log_term = torch.log1p(ranks)
         # d(1 - DCG/IDCG)/d rank_i = gain_i ln2 / (IDCG (1 + rank_i) ln^2(1 + rank_i))
         grad_rank = coef[:, None] * gains * _LN2 / ((1.0 + ranks) * log_term * log_term)
-        grad_scaled = _rank_backward(scaled, grad_rank, ctx.block, ctx.tile_bytes)
-        return (grad_scaled / ctx.tau).to(ctx.input_dtype), None, None, None, None
+        grad_scaled = _ranks_backward(scaled, grad_rank, ctx.kernel, ctx.block, ctx.tile_bytes)
+        return (grad_scaled / ctx.tau).to(ctx.input_dtype), None, None, None, None, None
 
 
 def _check_inputs(scores: Tensor, relevance: Tensor, tau: float, reduction: str) -> None:
@@ -199,6 +226,7 @@ def smooth_ndcg_loss(
     *,
     block: int = DEFAULT_BLOCK,
     tile_bytes: int = DEFAULT_TILE_BYTES,
+    kernel: str = "auto",
 ) -> Tensor:
     """Smooth-NDCG loss ``1 - S-NDCG`` of each query row.
 
@@ -211,13 +239,17 @@ def smooth_ndcg_loss(
             ``"none"`` for the ``[Q]`` vector.
         block: candidate tile edge of the tiled computation.
         tile_bytes: scratch memory per tile; peak extra memory is ``O(Q*N)`` plus this.
+        kernel: ``"torch"`` (chunked tiles, portable), ``"compiled"`` (fused ``torch.compile``
+            reductions; falls back to ``"torch"`` with one warning if compilation fails), or
+            ``"auto"`` (compiled on CUDA, torch elsewhere).
     Returns:
         Scalar (``mean``/``sum``) or ``[Q]`` loss, fp32 (fp64 for fp64 scores).
     """
     _check_inputs(scores, relevance, tau, reduction)
     if block < 1 or tile_bytes < 1:
         raise ValueError("block and tile_bytes must be >= 1")
-    per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes))
+    kernel = resolve_kernel(kernel, scores.device)
+    per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes), kernel)
     if reduction == "mean":
         return per_row.mean()
     if reduction == "sum":
@@ -230,17 +262,20 @@ class SmoothNDCGLoss(nn.Module):
 
     is_listwise = True  # takes graded relevance, usable as ``model.listwise.loss``
 
-    def __init__(self, tau: float = 0.01, reduction: str = "mean") -> None:
+    def __init__(self, tau: float = 0.01, reduction: str = "mean", kernel: str = "auto") -> None:
         super().__init__()
         if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
             raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.tau = float(tau)
         self.reduction = reduction
+        self.kernel = kernel
 
     def forward(self, scores: Tensor, relevance: Tensor) -> Tensor:
-        return smooth_ndcg_loss(scores, relevance, tau=self.tau, reduction=self.reduction)
+        return smooth_ndcg_loss(scores, relevance, tau=self.tau, reduction=self.reduction, kernel=self.kernel)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, reduction={self.reduction!r}"
+        return f"tau={self.tau}, reduction={self.reduction!r}, kernel={self.kernel!r}"

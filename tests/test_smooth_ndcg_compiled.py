@@ -1,0 +1,83 @@
+"""The ``torch.compile`` path of Smooth-NDCG against the chunked path, on CPU (Inductor's C++ backend)."""
+
+import shutil
+
+import pytest
+import torch
+
+from lavis_listwise.losses import smooth_ndcg_compiled as compiled
+from lavis_listwise.losses import smooth_ndcg_loss
+from lavis_listwise.losses.smooth_ndcg import resolve_kernel
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="Inductor's CPU backend needs a C++ compiler",
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("q,n", [(7, 33), (16, 130), (3, 1)])
+def test_compiled_matches_chunked(dtype, q, n):
+    """Loss to 1e-5 relative; the fp32 internals are checked directly in the next test."""
+    g = torch.Generator().manual_seed(q * n)
+    scores = (torch.randn(q, n, generator=g) * 0.05).to(dtype)
+    rel = torch.rand(q, n, generator=g)
+    rel[0] = 0
+    a = scores.clone().requires_grad_()
+    b = scores.clone().requires_grad_()
+    w = torch.randn(q, generator=g)
+    la = smooth_ndcg_loss(a, rel, 0.01, "none", kernel="torch")
+    lb = smooth_ndcg_loss(b, rel, 0.01, "none", kernel="compiled")
+    assert compiled.compiled_available(torch.device("cpu")), "compilation failed on CPU"
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    (la * w).sum().backward()
+    (lb * w).sum().backward()
+    # Both compute in fp32; 1e-5 relative to the gradient's scale (single entries that nearly
+    # cancel differ by rounding). bf16 gradients are rounded to bf16 on the way out: one ulp.
+    scale = a.grad.float().abs().max().item()
+    rtol = 1e-5 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=rtol, atol=rtol * scale)
+
+
+def test_compiled_internals_match_in_fp32():
+    from lavis_listwise.losses.smooth_ndcg import _rank_backward, smoothed_ranks
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(9, 200, generator=g) * 5).bfloat16().float()  # bf16 inputs, fp32 compute
+    grad_rank = torch.randn(9, 200, generator=g)
+    torch.testing.assert_close(compiled.compiled_ranks(x), smoothed_ranks(x), rtol=1e-5, atol=1e-5)
+    ours, ref = compiled.compiled_rank_backward(x, grad_rank), _rank_backward(x, grad_rank, 64, 1 << 16)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_no_recompilation_across_batch_sizes():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled._COMPILED.clear()
+    counts = []
+    for q, n in [(8, 40), (12, 64), (5, 17), (30, 100)]:
+        s = (torch.randn(q, n) * 0.05).requires_grad_()
+        smooth_ndcg_loss(s, torch.rand(q, n), kernel="compiled").backward()
+        counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    # the first two shapes may compile (static, then dynamic); later shapes reuse the dynamic graph
+    assert counts[-1] == counts[1], counts
+
+
+def test_kernel_resolution_and_fallback(monkeypatch):
+    assert resolve_kernel("auto", torch.device("cpu")) == "torch"
+    assert resolve_kernel("auto", torch.device("cuda")) == "compiled"
+    with pytest.raises(ValueError, match="kernel"):
+        resolve_kernel("triton", torch.device("cpu"))
+
+    def broken(*args):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(compiled, "_get", lambda name, fn: broken)
+    monkeypatch.setattr(compiled, "_FAILED", set())
+    s = (torch.randn(4, 9) * 0.05).requires_grad_()
+    r = torch.rand(4, 9)
+    with pytest.warns(RuntimeWarning, match="falling back|chunked PyTorch path"):
+        loss = smooth_ndcg_loss(s, r, kernel="compiled")
+    torch.testing.assert_close(loss, smooth_ndcg_loss(s, r, kernel="torch"))
+    assert resolve_kernel("compiled", torch.device("cpu")) == "torch"  # no second attempt
