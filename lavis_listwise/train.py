@@ -41,8 +41,6 @@ def _setup_seeds(run_cfg) -> None:
 def build_run(args: argparse.Namespace, quiet: bool = False):
     """Parse the YAML (after registering the plugin), set up distribution and seeds, and build
     the task, datasets, model and runner. ``quiet`` keeps LAVIS's INFO logging and config dump off."""
-    from pathlib import Path as _Path
-
     import lavis.tasks as tasks
     from lavis.common.config import Config
     from lavis.common.logger import setup_logger
@@ -52,7 +50,7 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
 
     from .distributed import init_distributed
 
-    if not _Path(args.cfg_path).is_file():
+    if not Path(args.cfg_path).is_file():
         raise FileNotFoundError(f"--cfg-path: {args.cfg_path!r} does not exist")
     cfg = Config(argparse.Namespace(cfg_path=args.cfg_path, options=args.options))
     init_distributed(cfg.run_cfg)

@@ -20,7 +20,7 @@ from lavis.common.registry import registry
 from lavis.datasets.datasets.dataloader_utils import IterLoader, MultiIterLoader
 from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..registration import register_once
 
@@ -89,11 +89,7 @@ class RunnerListwise(RunnerBase):
         return self._wrapped_model
 
     def create_loaders(self, datasets, num_workers, batch_sizes, is_trains, collate_fns, dataset_ratios=None):
-        if self.cuda_enabled or not all(
-            isinstance(d, Dataset) and hasattr(d, "__len__")
-            for d in datasets
-            if not isinstance(d, (list, tuple))
-        ):
+        if self.cuda_enabled:  # LAVIS's own loaders, PrefetchLoader included
             return super().create_loaders(
                 datasets, num_workers, batch_sizes, is_trains, collate_fns, dataset_ratios
             )

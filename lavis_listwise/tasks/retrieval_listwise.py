@@ -60,6 +60,7 @@ class RetrievalListwiseTask(RetrievalTask):
         self.agg_metric = str(cfg.get("agg_metric", "r_mean"))
         self.train_caption_datasets: list[ListwiseRetrievalDataset] = []
         self._loss_terms: dict[str, float] = {}
+        self._eval_relevance: dict[tuple, torch.Tensor] = {}
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -162,9 +163,15 @@ class RetrievalListwiseTask(RetrievalTask):
         logging.info(result)
         return result
 
+    def eval_relevance(self, dataset, relevance: RelevanceConfig) -> torch.Tensor:
+        """RSC relevance ``[n_images, n_captions]`` of an evaluation split, computed once per split."""
+        key = (id(dataset), relevance)
+        if key not in self._eval_relevance:
+            self._eval_relevance[key] = self._compute_eval_relevance(dataset, relevance)
+        return self._eval_relevance[key]
+
     @staticmethod
-    def eval_relevance(dataset, relevance: RelevanceConfig) -> torch.Tensor:
-        """RSC relevance ``[n_images, n_captions]`` of an evaluation split."""
+    def _compute_eval_relevance(dataset, relevance: RelevanceConfig) -> torch.Tensor:
         emb = caption_cache_for(relevance).get(dataset.text)
         index = getattr(dataset, "image_caption_index", None)
         if index is None:  # a stock LAVIS eval dataset
@@ -176,10 +183,9 @@ class RetrievalListwiseTask(RetrievalTask):
             positive[img, caps] = True
         return rsc_relevance(emb[index.clamp(min=0)], emb, positive, index >= 0)
 
-    @classmethod
-    def graded_metrics(cls, score_i2t, score_t2i, dataset, relevance: RelevanceConfig) -> dict[str, float]:
+    def graded_metrics(self, score_i2t, score_t2i, dataset, relevance: RelevanceConfig) -> dict[str, float]:
         """NDCG@5/10/20 (percent) in both directions."""
-        rel = cls.eval_relevance(dataset, relevance)
+        rel = self.eval_relevance(dataset, relevance)
         s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
         out = {}
         for k in NDCG_KS:
