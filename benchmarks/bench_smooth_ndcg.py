@@ -9,6 +9,7 @@ CUDA: growth of ``max_memory_allocated``), time is the median of the following c
 
     python benchmarks/bench_smooth_ndcg.py --device cpu                       # B = 128 .. 1024
     python benchmarks/bench_smooth_ndcg.py --device cuda --sizes 256 1024 4096 8192
+    python benchmarks/bench_smooth_ndcg.py --device cpu --relevance-topk 8   # plus the sparse approximation
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ IMPLS = ("published", "chunked", "compiled")
 CUBES_ALIVE = 12  # Q*N*N tensors the broadcast formula keeps alive through backward (measured ~10-11)
 
 
-def _worker(impl: str, size: int, device: str, reps: int) -> dict:
+def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
     import torch
 
     from lavis_listwise.losses import smooth_ndcg_loss
@@ -36,7 +37,10 @@ def _worker(impl: str, size: int, device: str, reps: int) -> dict:
         if impl == "published":
             loss = smooth_ndcg_loss_reference(scores, rel, 0.01).mean()
         else:
-            loss = smooth_ndcg_loss(scores, rel, 0.01, kernel="torch" if impl == "chunked" else "compiled")
+            kernel = "compiled" if impl == "compiled" else "torch"
+            loss = smooth_ndcg_loss(
+                scores, rel, 0.01, kernel=kernel, relevance_topk=topk if impl == "topk" else None
+            )
         loss.backward()
         return loss
 
@@ -83,8 +87,8 @@ def _available_bytes(device: str) -> int:
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def _run(impl: str, size: int, device: str, reps: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, str(size), device, str(reps)]
+def _run(impl: str, size: int, device: str, reps: int, topk: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, str(size), device, str(reps), str(topk)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode != 0:
         return {
@@ -98,11 +102,14 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--relevance-topk", type=int, default=0, help="also time the sparse approximation with this K"
+    )
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        impl, size, device, reps = args.worker
-        print(json.dumps(_worker(impl, int(size), device, int(reps))))
+        impl, size, device, reps, topk = args.worker
+        print(json.dumps(_worker(impl, int(size), device, int(reps), int(topk))))
         return
 
     import torch
@@ -113,25 +120,26 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
         + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else "")
     )
-    head = "| device | B | " + " | ".join(f"{i} ms | {i} MiB" for i in IMPLS)
+    impls = IMPLS + (("topk",) if args.relevance_topk else ())
+    head = "| device | B | " + " | ".join(f"{i} ms | {i} MiB" for i in impls)
     head += " | chunked vs published | compiled vs chunked |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for device in devices:
         for size in args.sizes:
             rows = {}
-            for impl in IMPLS:
+            for impl in impls:
                 need = CUBES_ALIVE * size**3 * 4 if impl == "published" else 0
                 if need > 0.8 * _available_bytes(device):
                     rows[impl] = {"error": f"skipped (~{need / 2**30:.0f} GiB)"}
                 else:
-                    rows[impl] = _run(impl, size, device, args.reps)
-            ok = {k: v for k, v in rows.items() if "error" not in v}
+                    rows[impl] = _run(impl, size, device, args.reps, args.relevance_topk)
+            ok = {k: v for k, v in rows.items() if "error" not in v and k != "topk"}  # topk: another loss
             losses = [v["loss"] for v in ok.values()]
             if losses and max(losses) - min(losses) > 1e-4:
                 raise SystemExit(f"loss mismatch at B={size}: {ok}")
             cells = []
-            for impl in IMPLS:
+            for impl in impls:
                 r = rows[impl]
                 cells += [r["error"], ""] if "error" in r else [f"{r['ms']:.1f}", f"{r['mib']:.1f}"]
             cells += [_ratio(ok, "published", "chunked"), _ratio(ok, "chunked", "compiled")]

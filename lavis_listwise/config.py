@@ -71,6 +71,8 @@ class ListwiseConfig:
     ``combine: convex`` gives the paper's ``(1 - weight) * L_stock + weight * L_list``.
     ``weight: 0`` reproduces the stock model exactly. ``kernel`` picks the S-NDCG implementation:
     ``torch`` (chunked), ``compiled`` (``torch.compile`` fused reductions) or ``auto`` (compiled on CUDA).
+    ``relevance_topk: K`` is an approximation that keeps only each query's K most relevant candidates
+    as gains, in ``O(B*K*B)`` instead of ``O(B^3)``.
     """
 
     loss: str = "smooth_ndcg"
@@ -79,12 +81,17 @@ class ListwiseConfig:
     combine: str = "add"
     reference_compat: bool = False
     kernel: str = "auto"
+    relevance_topk: int | None = None
     relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> ListwiseConfig:
         cfg = dict(cfg or {})
-        _unknown(cfg, {"loss", "weight", "tau", "combine", "reference_compat", "kernel", "relevance"}, _KEY)
+        _unknown(
+            cfg,
+            {"loss", "weight", "tau", "combine", "reference_compat", "kernel", "relevance_topk", "relevance"},
+            _KEY,
+        )
         loss = str(cfg.get("loss", "smooth_ndcg"))
         try:
             loss_cls = get_loss_class(loss)
@@ -109,9 +116,13 @@ class ListwiseConfig:
                 f"{_KEY}.kernel must be one of {list(KERNELS)}, got {kernel!r} (no Triton kernel: the "
                 "compiled path is within reach of the arithmetic floor, see DESIGN.md)"
             )
+        topk = cfg.get("relevance_topk")
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+            raise ValueError(f"{_KEY}.relevance_topk must be a positive integer or null, got {topk!r}")
         return cls(
             loss=loss,
             kernel=kernel,
+            relevance_topk=topk,
             weight=weight,
             tau=tau,
             combine=combine,

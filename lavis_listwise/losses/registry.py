@@ -1,7 +1,8 @@
 """Loss registry in LAVIS's registry style: ``register_loss`` / ``get_loss_class`` / ``list_losses``.
 
 Listwise losses (class attribute ``is_listwise = True``, usable as ``model.listwise.loss``) take
-``forward(scores [Q, N], relevance [Q, N])`` and are constructed as ``cls(tau=..., kernel=...)``.
+``forward(scores [Q, N], relevance [Q, N])`` and are constructed as
+``cls(tau=..., kernel=..., relevance_topk=...)``.
 
 LAVIS has no loss registry; this one follows ``lavis.common.registry`` (a name maps to a class,
 a taken name raises ``KeyError``) with one difference: re-registering the *same* class, as a

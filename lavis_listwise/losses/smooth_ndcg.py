@@ -227,6 +227,7 @@ def smooth_ndcg_loss(
     block: int = DEFAULT_BLOCK,
     tile_bytes: int = DEFAULT_TILE_BYTES,
     kernel: str = "auto",
+    relevance_topk: int | None = None,
 ) -> Tensor:
     """Smooth-NDCG loss ``1 - S-NDCG`` of each query row.
 
@@ -242,14 +243,22 @@ def smooth_ndcg_loss(
         kernel: ``"torch"`` (chunked tiles, portable), ``"compiled"`` (fused ``torch.compile``
             reductions; falls back to ``"torch"`` with one warning if compilation fails), or
             ``"auto"`` (compiled on CUDA, torch elsewhere).
+        relevance_topk: if set, an approximation: only each row's ``relevance_topk`` most relevant
+            candidates keep their gain (the others count as 0) and only they are ranked, in
+            ``O(Q * relevance_topk * N)`` (chunked PyTorch, ``kernel`` is not used).
     Returns:
         Scalar (``mean``/``sum``) or ``[Q]`` loss, fp32 (fp64 for fp64 scores).
     """
     _check_inputs(scores, relevance, tau, reduction)
     if block < 1 or tile_bytes < 1:
         raise ValueError("block and tile_bytes must be >= 1")
-    kernel = resolve_kernel(kernel, scores.device)
-    per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes), kernel)
+    if relevance_topk is not None and relevance_topk < scores.shape[1]:
+        from .smooth_ndcg_topk import sparse_smooth_ndcg_per_row
+
+        per_row = sparse_smooth_ndcg_per_row(scores, relevance, float(tau), relevance_topk, int(tile_bytes))
+    else:
+        kernel = resolve_kernel(kernel, scores.device)
+        per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes), kernel)
     if reduction == "mean":
         return per_row.mean()
     if reduction == "sum":
@@ -262,7 +271,13 @@ class SmoothNDCGLoss(nn.Module):
 
     is_listwise = True  # takes graded relevance, usable as ``model.listwise.loss``
 
-    def __init__(self, tau: float = 0.01, reduction: str = "mean", kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        tau: float = 0.01,
+        reduction: str = "mean",
+        kernel: str = "auto",
+        relevance_topk: int | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
             raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
@@ -272,10 +287,21 @@ class SmoothNDCGLoss(nn.Module):
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.tau = float(tau)
         self.reduction = reduction
+        if relevance_topk is not None and (not isinstance(relevance_topk, int) or relevance_topk < 1):
+            raise ValueError(f"relevance_topk must be a positive integer or None, got {relevance_topk!r}")
         self.kernel = kernel
+        self.relevance_topk = relevance_topk
 
     def forward(self, scores: Tensor, relevance: Tensor) -> Tensor:
-        return smooth_ndcg_loss(scores, relevance, tau=self.tau, reduction=self.reduction, kernel=self.kernel)
+        return smooth_ndcg_loss(
+            scores,
+            relevance,
+            tau=self.tau,
+            reduction=self.reduction,
+            kernel=self.kernel,
+            relevance_topk=self.relevance_topk,
+        )
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, reduction={self.reduction!r}, kernel={self.kernel!r}"
+        topk = f", relevance_topk={self.relevance_topk}" if self.relevance_topk else ""
+        return f"tau={self.tau}, reduction={self.reduction!r}, kernel={self.kernel!r}{topk}"

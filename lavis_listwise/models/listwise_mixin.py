@@ -39,9 +39,10 @@ class ListwiseRetrievalMixin:
         object.__setattr__(self, "_tokenizer_source", tokenizer)
         super().__init__(*args, **kwargs)
         self.listwise_cfg = listwise or ListwiseConfig()
-        # listwise losses are built from (tau, kernel); see lavis_listwise.losses.registry
-        self.listwise_loss = get_loss_class(self.listwise_cfg.loss)(
-            tau=self.listwise_cfg.tau, kernel=self.listwise_cfg.kernel
+        # listwise losses are built from (tau, kernel, relevance_topk); see lavis_listwise.losses.registry
+        cfg = self.listwise_cfg
+        self.listwise_loss = get_loss_class(cfg.loss)(
+            tau=cfg.tau, kernel=cfg.kernel, relevance_topk=cfg.relevance_topk
         )
         self._caption_embeddings: Tensor | None = None
 
