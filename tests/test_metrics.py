@@ -75,3 +75,35 @@ def test_bad_input():
         recall_at_k(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool), 0)
     with pytest.raises(ValueError, match="2-D"):
         ndcg_at_k(torch.zeros(3), torch.zeros(3), 1)
+
+
+def test_recall_matches_lavis_report_metrics(tmp_path):
+    """Our R@K on a score matrix equals what LAVIS's own RetrievalTask._report_metrics reports."""
+    from lavis.common.registry import registry
+    from lavis.tasks.retrieval import RetrievalTask
+
+    rng = np.random.default_rng(2)
+    n_img, per = 30, 5
+    score_i2t = rng.standard_normal((n_img, n_img * per))
+    score_t2i = rng.standard_normal((n_img * per, n_img))
+    img2txt = {i: list(range(i * per, (i + 1) * per)) for i in range(n_img)}
+    txt2img = {t: t // per for t in range(n_img * per)}
+    pos = np.zeros((n_img, n_img * per), dtype=bool)
+    for i, caps in img2txt.items():
+        pos[i, caps] = True
+    saved = registry.mapping["paths"].get("output_dir")
+    registry.mapping["paths"]["output_dir"] = str(tmp_path)  # _report_metrics appends evaluate.txt there
+    try:
+        lavis = RetrievalTask._report_metrics(score_i2t, score_t2i, txt2img, img2txt)
+    finally:
+        if saved is None:
+            registry.mapping["paths"].pop("output_dir")
+        else:
+            registry.mapping["paths"]["output_dir"] = saved
+    for k in (1, 5, 10):
+        assert 100 * recall_at_k(torch.from_numpy(score_i2t), torch.from_numpy(pos), k) == pytest.approx(
+            lavis[f"txt_r{k}"]
+        )
+        assert 100 * recall_at_k(torch.from_numpy(score_t2i), torch.from_numpy(pos.T), k) == pytest.approx(
+            lavis[f"img_r{k}"]
+        )
