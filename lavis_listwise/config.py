@@ -11,6 +11,7 @@ from typing import Any
 
 from .losses import get_loss_class
 from .losses.smooth_ndcg import KERNELS
+from .relevance import CaptionEmbeddingCache, SentenceEncoder
 
 __all__ = ["ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
 
@@ -61,6 +62,12 @@ class RelevanceConfig:
         if batch_size < 1:
             raise ValueError(f"{where}.batch_size must be >= 1, got {batch_size}")
         return cls(encoder=encoder, cache_dir=cache_dir, batch_size=batch_size)
+
+    def caption_cache(self) -> CaptionEmbeddingCache:
+        """The caption-embedding cache these settings describe (the encoder loads lazily)."""
+        return CaptionEmbeddingCache(
+            self.cache_dir, SentenceEncoder(self.encoder, batch_size=self.batch_size)
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..losses import bidirectional_listwise_loss, get_loss_class
-from ..relevance import rsc_relevance
+from ..relevance import rsc_relevance_from_table
 from ..resources import config_path
 from .builders import build_bert_tokenizer
 
@@ -79,11 +79,8 @@ class ListwiseRetrievalMixin:
                 "caption embeddings are not set: train through runner_listwise, or call "
                 "model.set_caption_embeddings(table) first"
             )
-        img_idx = image_caption_index.cpu()
-        img_emb = table[img_idx.clamp(min=0)]
-        txt_emb = table[caption_index.cpu()]
         positive = image_id.view(-1, 1) == image_id.view(1, -1)
-        return rsc_relevance(img_emb, txt_emb, positive.cpu(), img_idx >= 0)
+        return rsc_relevance_from_table(table, image_caption_index, caption_index, positive)
 
     def listwise_term(self, image_feat: Tensor, text_feat: Tensor, samples: dict) -> Tensor:
         """Bidirectional listwise loss of the global batch.

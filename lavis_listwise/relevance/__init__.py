@@ -2,7 +2,7 @@
 
 from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
-from .rsc import rsc_relevance
+from .rsc import rsc_relevance, rsc_relevance_from_table
 
 __all__ = [
     "CacheCorruptError",
@@ -11,4 +11,5 @@ __all__ = [
     "caption_cache_key",
     "default_encoder_path",
     "rsc_relevance",
+    "rsc_relevance_from_table",
 ]

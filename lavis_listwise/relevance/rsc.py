@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rsc_relevance"]
+__all__ = ["rsc_relevance", "rsc_relevance_from_table"]
 
 #: Elements of the ``[chunk, K, T]`` similarity block computed at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -65,3 +65,26 @@ def rsc_relevance(
         out.add_(1.0).mul_(0.5).clamp_(0.0, 1.0)  # rounding can put cos a hair outside [-1, 1]
         out.masked_fill_(positive_mask.to(torch.bool), 1.0)
     return out
+
+
+def rsc_relevance_from_table(
+    table: Tensor, image_caption_index: Tensor, caption_index: Tensor, positive_mask: Tensor
+) -> Tensor:
+    """:func:`rsc_relevance` with embeddings looked up in a caption-embedding table.
+
+    Args:
+        table: ``[N, D]`` caption embeddings.
+        image_caption_index: ``[I, K]`` table rows of each image's ground-truth captions, ``-1`` padded.
+        caption_index: ``[T]`` table rows of the candidate captions.
+        positive_mask: ``[I, T]`` bool ground truth.
+    Returns:
+        ``[I, T]`` relevance (on the table's device).
+    """
+    device = table.device
+    image_rows = image_caption_index.to(device)
+    return rsc_relevance(
+        table[image_rows.clamp(min=0)],
+        table[caption_index.to(device)],
+        positive_mask.to(device),
+        image_rows >= 0,
+    )

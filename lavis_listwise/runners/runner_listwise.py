@@ -130,15 +130,13 @@ class RunnerListwise(RunnerBase):
         model = self._model
         if not hasattr(model, "set_caption_embeddings") or model.listwise_cfg.weight == 0:
             return
-        from ..tasks.retrieval_listwise import caption_cache_for
-
         captions = self.task.train_captions() if hasattr(self.task, "train_captions") else []
         if not captions:
             raise ValueError(
                 "model.listwise.weight > 0 needs training data with caption indices: use the "
                 "coco_retrieval_listwise, flickr30k_listwise or retrieval_listwise_json builders"
             )
-        cache = caption_cache_for(model.listwise_cfg.relevance)
+        cache = model.listwise_cfg.relevance.caption_cache()
         if is_main_process():
             table = cache.get(captions)
             _barrier()

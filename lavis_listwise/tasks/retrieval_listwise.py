@@ -13,10 +13,10 @@ from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
 
 from ..config import RelevanceConfig
-from ..datasets.retrieval_listwise import ListwiseRetrievalDataset
+from ..datasets.retrieval_listwise import ListwiseRetrievalDataset, caption_groups_to_index
 from ..metrics import ndcg_at_k
 from ..registration import register_once
-from ..relevance import CaptionEmbeddingCache, SentenceEncoder, rsc_relevance
+from ..relevance import rsc_relevance_from_table
 
 __all__ = ["RetrievalListwiseTask"]
 
@@ -27,11 +27,6 @@ def relevance_config_of(model) -> RelevanceConfig:
     """The model's ``listwise.relevance`` settings; defaults for a stock LAVIS model."""
     cfg = getattr(model, "listwise_cfg", None)
     return cfg.relevance if cfg is not None else RelevanceConfig()
-
-
-def caption_cache_for(relevance: RelevanceConfig) -> CaptionEmbeddingCache:
-    encoder = SentenceEncoder(relevance.encoder, batch_size=relevance.batch_size)
-    return CaptionEmbeddingCache(relevance.cache_dir, encoder)
 
 
 def _synchronize_meters(metric_logger: MetricLogger) -> None:
@@ -172,16 +167,14 @@ class RetrievalListwiseTask(RetrievalTask):
 
     @staticmethod
     def _compute_eval_relevance(dataset, relevance: RelevanceConfig) -> torch.Tensor:
-        emb = caption_cache_for(relevance).get(dataset.text)
+        emb = relevance.caption_cache().get(dataset.text)
         index = getattr(dataset, "image_caption_index", None)
         if index is None:  # a stock LAVIS eval dataset
-            from ..datasets.retrieval_listwise import caption_groups_to_index
-
             index = caption_groups_to_index([dataset.img2txt[i] for i in range(len(dataset.image))])
         positive = torch.zeros(index.shape[0], len(dataset.text), dtype=torch.bool)
         for img, caps in dataset.img2txt.items():
             positive[img, caps] = True
-        return rsc_relevance(emb[index.clamp(min=0)], emb, positive, index >= 0)
+        return rsc_relevance_from_table(emb, index, torch.arange(len(dataset.text)), positive)
 
     def graded_metrics(self, score_i2t, score_t2i, dataset, relevance: RelevanceConfig) -> dict[str, float]:
         """NDCG@5/10/20 (percent) in both directions."""
