@@ -1,0 +1,466 @@
+"""Fast ITC + ITM re-ranking evaluation for LAVIS's BLIP and ALBEF retrieval models.
+
+Same semantics as LAVIS's ``compute_sim_matrix`` (``lavis/models/albef_models/__init__.py``): ITC
+similarity for every pair; the top ``k_test`` captions of every image and the top ``k_test`` images
+of every caption re-scored by the ITM cross-encoder; final score ``itm + itc`` there and ``-100``
+elsewhere. What changes is how the ITM work is done:
+
+* the ITM logit of a pair does not depend on which direction asked for it, so each distinct
+  (image, caption) pair is scored once, even when both directions (or several views, such as the
+  COCO 1K folds) select it;
+* pairs are grouped by image: each image's cross-attention keys and values are projected once per
+  layer and shared by all its queries (LAVIS re-projects them for every query, about two thirds of
+  the ITM FLOPs at 384 px), and many images' pairs go through one batched forward;
+* each ITM batch is cut to its longest caption instead of LAVIS's fixed 35 tokens, and the last
+  layer's cross-attention and feed-forward run on the [CLS]/[ENC] token only (the only one read);
+* ALBEF's text-only layers (below ``fusion_layer``) run once per caption, in the ITC pass;
+* under ``torch.distributed`` every rank encodes only its share of images and captions; ranks own
+  the ITM pairs of their own images, and the scores are summed once over ranks (no ``-100`` sums).
+
+The LAVIS modules themselves (embeddings, self-attention, projections, output and feed-forward
+blocks, ITM head) do the arithmetic; only the cross-attention core is written here, with cached
+keys/values and ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+__all__ = [
+    "LAVIS_EVAL_MAX_TXT_LEN",
+    "RerankView",
+    "RetrievalFeatures",
+    "candidate_pairs",
+    "compute_sim_matrix_fast",
+    "encode_retrieval_features",
+    "itm_pair_scores",
+    "rerank_views",
+]
+
+#: LAVIS's compute_sim_matrix tokenizes evaluation captions to this length (hard-coded there).
+LAVIS_EVAL_MAX_TXT_LEN = 35
+#: Text batch of the ITC pass, as in LAVIS.
+_TEXT_BATCH = 256
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous share ``[start, end)`` of ``n`` items for ``rank``."""
+    step = math.ceil(n / world)
+    return min(n, rank * step), min(n, (rank + 1) * step)
+
+
+def _all_gather_rows(x: Tensor, n_total: int) -> Tensor:
+    """Concatenate each rank's contiguous :func:`_shard` of rows (shards may differ in length)."""
+    rank, world = _dist_info()
+    if world == 1:
+        return x
+    step = math.ceil(n_total / world)
+    padded = x.new_zeros((step,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat(
+        [p[: e - s] for p, (s, e) in zip(parts, (_shard(n_total, r, world) for r in range(world)))]
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not (enabled and device.type == "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@dataclass
+class RetrievalFeatures:
+    """Everything the ITM pass needs, computed once per evaluation.
+
+    Attributes:
+        sims: ``[n_img, n_txt]`` ITC cosine similarity (all ranks hold all of it).
+        image_feats: ``[n_own, P, D]`` visual-encoder tokens of this rank's images.
+        image_range: ``(start, end)`` of this rank's images.
+        text_ids: ``[n_txt, L]`` ITM token ids (BLIP: ``[ENC]`` first), ``L <= 35``.
+        text_mask: ``[n_txt, L]`` attention mask.
+        text_states: ``[n_txt, L, H]`` ALBEF hidden states after the text-only layers; ``None`` for BLIP.
+        first_fusion_layer: index of the first text-encoder layer the ITM pass runs.
+    """
+
+    sims: Tensor
+    image_feats: Tensor
+    image_range: tuple[int, int]
+    text_ids: Tensor
+    text_mask: Tensor
+    text_states: Tensor | None
+    first_fusion_layer: int
+
+
+def _first_cross_layer(text_encoder) -> int:
+    layers = text_encoder.encoder.layer
+    for i, layer in enumerate(layers):
+        if hasattr(layer, "crossattention"):
+            return i
+    raise ValueError(
+        "the model's text encoder has no cross-attention layer: it has no ITM head to re-rank with"
+    )
+
+
+def _image_loader(data_loader, start: int, end: int) -> DataLoader:
+    """The evaluation loader's settings over images ``[start, end)``, in order.
+
+    Built anew so that a distributed sampler on the given loader (LAVIS's ``use_dist_eval_sampler``)
+    cannot drop or repeat images, and so each rank reads only its share.
+    """
+    base = getattr(data_loader, "loader", data_loader)  # LAVIS's PrefetchLoader wraps a DataLoader
+    return DataLoader(
+        Subset(data_loader.dataset, range(start, end)),
+        batch_size=base.batch_size or 64,
+        num_workers=base.num_workers,
+        collate_fn=base.collate_fn,
+        shuffle=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _feature_home(device: torch.device, nbytes: int, feature_device: str) -> torch.device:
+    """Where to keep the image features: the compute device when they fit comfortably."""
+    if feature_device == "cpu" or device.type != "cuda":
+        return torch.device("cpu") if feature_device == "cpu" else device
+    if feature_device == "device":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if nbytes < 0.5 * free else torch.device("cpu")
+
+
+@torch.no_grad()
+def encode_retrieval_features(
+    model, data_loader, amp: bool = False, feature_device: str = "auto"
+) -> RetrievalFeatures:
+    """ITC features of the whole split, split across ranks, plus the ITM inputs.
+
+    Args:
+        model: a LAVIS ``BlipRetrieval`` / ``AlbefRetrieval`` (or a listwise subclass).
+        data_loader: the evaluation loader; its dataset has ``text``, ``image`` and ``__getitem__``
+            returning ``{"image": ...}``.
+        amp: autocast (bf16 where supported, else fp16) on CUDA.
+        feature_device: ``auto`` (the model's device when the features use < half of the free
+            memory), ``device`` or ``cpu``.
+    """
+    device = model.device
+    rank, world = _dist_info()
+    dataset = data_loader.dataset
+    texts, n_img = list(dataset.text), len(dataset.image)
+    n_txt = len(texts)
+    text_encoder = model.text_encoder
+    first_fusion = _first_cross_layer(text_encoder)
+    keep_states = first_fusion > 0  # ALBEF: the text-only layers' output feeds the fusion layers
+
+    # Captions: every rank tokenizes all (cheap, and the ITM pass needs any caption's ids); each
+    # rank runs the text encoder on its share only.
+    tok = model.tokenizer(
+        texts, padding="max_length", truncation=True, max_length=LAVIS_EVAL_MAX_TXT_LEN, return_tensors="pt"
+    )
+    t0, t1 = _shard(n_txt, rank, world)
+    text_embeds, text_states = [], []
+    with _autocast(device, amp):
+        for s in range(t0, t1, _TEXT_BATCH):
+            e = min(t1, s + _TEXT_BATCH)
+            batch = tok.__class__({k: v[s:e].to(device) for k, v in tok.items()})
+            out = text_encoder.forward_text(batch)
+            text_embeds.append(F.normalize(model.text_proj(out.last_hidden_state[:, 0, :]), dim=-1))
+            if keep_states:
+                text_states.append(out.last_hidden_state)
+    embed_dim = model.text_proj.out_features
+    text_embeds = _all_gather_rows(_cat_or_empty(text_embeds, (0, embed_dim), device), n_txt)
+    states = None
+    if keep_states:
+        hidden = text_encoder.config.hidden_size
+        states = _cat_or_empty(text_states, (0, LAVIS_EVAL_MAX_TXT_LEN, hidden), device)
+        states = _all_gather_rows(states, n_txt)
+
+    ids = tok.input_ids.clone()
+    if hasattr(model.tokenizer, "enc_token_id"):  # BLIP's ITM input starts with [ENC], as in LAVIS
+        ids[:, 0] = model.tokenizer.enc_token_id
+
+    # Images: this rank's share only.
+    i0, i1 = _shard(n_img, rank, world)
+    feats, image_embeds = None, []
+    filled = 0
+    with _autocast(device, amp):
+        for samples in _image_loader(data_loader, i0, i1):
+            image = samples["image"].to(device, non_blocking=True)
+            feat = model.visual_encoder.forward_features(image)
+            image_embeds.append(F.normalize(model.vision_proj(feat[:, 0, :]), dim=-1))
+            if feats is None:
+                shape = (i1 - i0,) + tuple(feat.shape[1:])
+                nbytes = math.prod(shape) * feat.element_size()
+                feats = torch.empty(
+                    shape, dtype=feat.dtype, device=_feature_home(device, nbytes, feature_device)
+                )
+            feats[filled : filled + len(feat)] = feat
+            filled += len(feat)
+    if feats is None:  # a rank with no images
+        feats = torch.empty((0, 1, model.vision_proj.in_features), device=device)
+    image_embeds = _all_gather_rows(_cat_or_empty(image_embeds, (0, embed_dim), device), n_img)
+
+    sims = image_embeds @ text_embeds.t()
+    return RetrievalFeatures(
+        sims=sims.float(),
+        image_feats=feats,
+        image_range=(i0, i1),
+        text_ids=ids,
+        text_mask=tok.attention_mask,
+        text_states=states,
+        first_fusion_layer=first_fusion,
+    )
+
+
+def _cat_or_empty(parts: list[Tensor], empty_shape: tuple, device) -> Tensor:
+    return torch.cat(parts) if parts else torch.empty(empty_shape, device=device)
+
+
+@dataclass(frozen=True)
+class RerankView:
+    """A sub-problem to re-rank: the images ``image_index`` against the captions ``text_index``.
+
+    The whole split is ``RerankView(arange(n_img), arange(n_txt))``; a COCO 1K fold is its images
+    with their captions.
+    """
+
+    image_index: Tensor  # [n_img_view] long
+    text_index: Tensor  # [n_txt_view] long
+
+
+def candidate_pairs(sims: Tensor, view: RerankView, k_test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """ITC top-``k_test`` of every row and column of a view, as LAVIS selects them.
+
+    Returns:
+        ``i2t_sim, i2t_idx``: ``[n_img_view, k]`` top similarities and view-local caption columns;
+        ``t2i_sim, t2i_idx``: ``[n_txt_view, k]`` the same for captions against the view's images.
+    """
+    sub = sims.index_select(0, view.image_index.to(sims.device)).index_select(
+        1, view.text_index.to(sims.device)
+    )
+    k = int(k_test)
+    if k > min(sub.shape):
+        raise ValueError(
+            f"run.k_test = {k} is larger than the candidates ({sub.shape[0]} images, {sub.shape[1]} captions)"
+        )
+    i2t_sim, i2t_idx = sub.topk(k, dim=1)
+    t2i_sim, t2i_idx = sub.t().topk(k, dim=1)
+    return i2t_sim, i2t_idx, t2i_sim, t2i_idx
+
+
+def _cross_attention(ca, hidden: Tensor, keys: Tensor, values: Tensor, groups: int) -> Tensor:
+    """LAVIS's ``BertAttention`` in cross mode with precomputed keys and values.
+
+    Args:
+        ca: the layer's ``crossattention`` module.
+        hidden: ``[groups * n, L, H]`` the queries' states, grouped by image.
+        keys, values: ``[groups, heads, P, d]`` per-image projections.
+    """
+    sa = ca.self
+    heads, d = sa.num_attention_heads, sa.attention_head_size
+    n_rows, length, width = hidden.shape
+    q = sa.query(hidden).view(groups, (n_rows // groups) * length, heads, d).transpose(1, 2)
+    # One image's queries (all its captions' tokens) form one long sequence against its P tokens.
+    ctx = F.scaled_dot_product_attention(q, keys, values)
+    ctx = ctx.transpose(1, 2).reshape(n_rows, length, width)
+    return ca.output(ctx, hidden)
+
+
+def _kv(ca, feats: Tensor) -> tuple[Tensor, Tensor]:
+    sa = ca.self
+    g, p, _ = feats.shape
+    shape = (g, p, sa.num_attention_heads, sa.attention_head_size)
+    return sa.key(feats).view(shape).transpose(1, 2), sa.value(feats).view(shape).transpose(1, 2)
+
+
+def _itm_forward(
+    model, feats: Tensor, ids: Tensor, mask: Tensor, states: Tensor | None, first: int
+) -> Tensor:
+    """ITM logit of ``groups x n`` pairs: group ``g`` pairs image ``feats[g]`` with ``n`` captions.
+
+    Args:
+        feats: ``[G, P, D]`` image tokens; ``ids``/``mask``: ``[G * n, L]``; ``states``: ``[G * n, L, H]``
+            (ALBEF) or ``None``; ``first``: first layer to run.
+    Returns: ``[G * n]`` the ITM "match" logit.
+    """
+    enc = model.text_encoder
+    hidden = enc.embeddings(input_ids=ids) if states is None else states
+    ext = enc.get_extended_attention_mask(mask, mask.shape, mask.device, False)
+    layers = enc.encoder.layer
+    groups = feats.shape[0]
+    for i in range(first, len(layers)):
+        layer = layers[i]
+        hidden = layer.attention(hidden, ext)[0]
+        if i == len(layers) - 1:
+            hidden = hidden[:, :1]  # only [CLS]/[ENC] is read by the ITM head; rows are independent
+        if hasattr(layer, "crossattention"):
+            keys, values = _kv(layer.crossattention, feats)
+            hidden = _cross_attention(layer.crossattention, hidden, keys, values, groups)
+        hidden = layer.feed_forward_chunk(hidden)
+    return model.itm_head(hidden[:, 0, :])[:, 1]
+
+
+def _batches(image_of_pair: Tensor, max_pairs: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Pack pairs (sorted by image) into ITM batches of whole images, ``<= max_pairs`` rows each.
+
+    Returns a list of ``(images [G], rows [G, n], valid [G, n])``: ``rows`` indexes the pair list;
+    groups shorter than ``n`` repeat their last pair where ``valid`` is False (results discarded).
+    """
+    images, counts = torch.unique_consecutive(image_of_pair, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    segments = []  # (image, first pair, length); an image with more pairs than a batch is split
+    for img, start, count in zip(images.tolist(), starts.tolist(), counts.tolist()):
+        for s in range(start, start + count, max_pairs):
+            segments.append((img, s, min(max_pairs, start + count - s)))
+    segments.sort(key=lambda seg: -seg[2])  # similar lengths side by side: little padding
+    seg = torch.tensor(segments, dtype=torch.long).view(-1, 3)
+    out, i = [], 0
+    while i < len(seg):
+        n = int(seg[i, 2])
+        group = seg[i : i + max(1, max_pairs // n)]
+        j = torch.arange(n)
+        rows = group[:, 1:2] + torch.minimum(j[None], group[:, 2:3] - 1)
+        out.append((group[:, 0], rows, j[None] < group[:, 2:3]))
+        i += len(group)
+    return out
+
+
+@torch.no_grad()
+def itm_pair_scores(
+    model,
+    features: RetrievalFeatures,
+    pair_image: Tensor,
+    pair_text: Tensor,
+    max_pairs: int = 1024,
+    amp: bool = False,
+    progress: bool = True,
+) -> Tensor:
+    """ITM "match" logits of (image, caption) pairs, computed by the rank that owns each image.
+
+    Args:
+        pair_image, pair_text: ``[U]`` global indices, sorted by image (as :func:`torch.unique` of
+            ``image * n_txt + text`` leaves them).
+        max_pairs: pairs per ITM forward.
+    Returns: ``[U]`` float32 logits on CPU, the same on every rank.
+    """
+    device = model.device
+    i0, i1 = features.image_range
+    own = (pair_image >= i0) & (pair_image < i1)
+    own_rows = own.nonzero().squeeze(1)
+    scores = torch.zeros(len(pair_image), dtype=torch.float32, device=device)
+    batches = _batches(pair_image[own_rows], max_pairs) if len(own_rows) else []
+    bar = tqdm(total=len(own_rows), desc="ITM re-ranking", unit="pair", disable=not progress, leave=False)
+    with _autocast(device, amp):
+        for images, rows, valid in batches:
+            flat = own_rows[rows.reshape(-1)]
+            txt = pair_text[flat]
+            mask = features.text_mask[txt]
+            length = int(mask.sum(1).max())
+            mask = mask[:, :length].to(device)
+            ids = features.text_ids[txt, :length].to(device)
+            states = None
+            if features.text_states is not None:
+                states = features.text_states[txt.to(features.text_states.device), :length].to(device)
+            feats = features.image_feats[(images - i0).to(features.image_feats.device)].to(device)
+            logits = _itm_forward(model, feats, ids, mask, states, features.first_fusion_layer).float()
+            keep = valid.reshape(-1)
+            scores[flat[keep].to(device)] = logits[keep.to(device)]
+            bar.update(int(keep.sum()))
+    bar.close()
+    if _dist_info()[1] > 1:
+        dist.all_reduce(scores)  # each pair was scored by exactly one rank, zeros elsewhere
+    return scores.cpu()
+
+
+@torch.no_grad()
+def rerank_views(
+    model,
+    features: RetrievalFeatures,
+    views: Sequence[RerankView],
+    k_test: int,
+    max_pairs: int = 1024,
+    amp: bool = False,
+    progress: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """LAVIS's re-ranked score matrices for each view, scoring each distinct pair once overall.
+
+    Returns: per view, ``(score_i2t [n_img_view, n_txt_view], score_t2i [n_txt_view, n_img_view])``
+    float32 numpy arrays: ``itm + itc`` for the ITC top-``k_test`` candidates, ``-100`` elsewhere.
+    """
+    n_txt = features.sims.shape[1]
+    selected, keys = [], []
+    for view in views:
+        i2t_sim, i2t_idx, t2i_sim, t2i_idx = (t.cpu() for t in candidate_pairs(features.sims, view, k_test))
+        img, txt = view.image_index.cpu(), view.text_index.cpu()
+        keys.append((img[:, None] * n_txt + txt[i2t_idx]).reshape(-1))
+        keys.append((img[t2i_idx] * n_txt + txt[:, None]).reshape(-1))
+        selected.append((i2t_sim, i2t_idx, t2i_sim, t2i_idx))
+    unique, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+    logging.info(
+        "ITM re-ranking: %d distinct pairs for %d selections", len(unique), sum(len(k) for k in keys)
+    )
+    itm = itm_pair_scores(
+        model, features, unique // n_txt, unique % n_txt, max_pairs=max_pairs, amp=amp, progress=progress
+    )
+    out, offset = [], 0
+    for view, (i2t_sim, i2t_idx, t2i_sim, t2i_idx) in zip(views, selected):
+        n_i, n_t = len(view.image_index), len(view.text_index)
+        i2t_itm = itm[inverse[offset : offset + i2t_idx.numel()]].view_as(i2t_sim)
+        offset += i2t_idx.numel()
+        t2i_itm = itm[inverse[offset : offset + t2i_idx.numel()]].view_as(t2i_sim)
+        offset += t2i_idx.numel()
+        score_i2t = torch.full((n_i, n_t), -100.0).scatter_(1, i2t_idx, i2t_itm + i2t_sim)
+        score_t2i = torch.full((n_t, n_i), -100.0).scatter_(1, t2i_idx, t2i_itm + t2i_sim)
+        out.append((score_i2t.numpy(), score_t2i.numpy()))
+    return out
+
+
+def compute_sim_matrix_fast(
+    model,
+    data_loader,
+    k_test: int,
+    views: Sequence[RerankView] | None = None,
+    max_pairs: int = 1024,
+    amp: bool = False,
+    feature_device: str = "auto",
+    progress: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]] | tuple[np.ndarray, np.ndarray]:
+    """Drop-in for ``model.compute_sim_matrix(data_loader, task_cfg)``.
+
+    With ``views=None`` returns ``(score_i2t, score_t2i)`` of the whole split, as LAVIS does;
+    otherwise one such pair per view (all views share one feature pass and one ITM pass).
+    """
+    start = time.time()
+    was_training = model.training
+    model.eval()
+    try:
+        features = encode_retrieval_features(model, data_loader, amp=amp, feature_device=feature_device)
+        n_img, n_txt = features.sims.shape
+        whole = RerankView(torch.arange(n_img), torch.arange(n_txt))
+        result = rerank_views(
+            model, features, [whole] if views is None else list(views), k_test, max_pairs, amp, progress
+        )
+    finally:
+        model.train(was_training)
+    logging.info("Evaluation (fast ITM re-ranking) took %.1f s", time.time() - start)
+    return result[0] if views is None else result
