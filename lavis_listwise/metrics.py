@@ -6,10 +6,11 @@ is a few top-k index blocks, not a copy of the matrix.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["recall_at_k", "ndcg_at_k", "dcg_discounts"]
+__all__ = ["recall_at_k", "ndcg_at_k", "dcg_discounts", "lavis_recalls"]
 
 #: Elements of one row chunk (rows x candidates) handled at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -89,3 +90,27 @@ def ndcg_at_k(scores, relevance, k: int) -> float:
         ideal = (torch.expm1(r.topk(k, dim=1).values * 0.6931471805599453) * discounts).sum(dim=1)
         total += float(torch.where(ideal > 0, dcg / ideal.clamp(min=1e-300), torch.zeros_like(dcg)).sum())
     return total / s.shape[0]
+
+
+def lavis_recalls(score_i2t, score_t2i, txt2img: dict, img2txt: dict) -> dict[str, float]:
+    """The recalls of LAVIS's ``RetrievalTask._report_metrics`` (same ranking, same tie order, same
+    keys, percent), without its side effect of appending to ``output_dir/evaluate.txt``.
+
+    Args:
+        score_i2t: ``[n_img, n_txt]``; score_t2i: ``[n_txt, n_img]`` (numpy).
+        txt2img: caption -> its image; img2txt: image -> its captions.
+    """
+
+    def first_hit(scores: np.ndarray, positives) -> float:
+        order = np.argsort(scores)[::-1]  # as LAVIS ranks, ties included
+        return float(np.flatnonzero(np.isin(order, positives)).min())
+
+    tr = np.array([first_hit(s, img2txt[i]) for i, s in enumerate(np.asarray(score_i2t))])
+    ir = np.array([first_hit(s, [txt2img[t]]) for t, s in enumerate(np.asarray(score_t2i))])
+    out = {}
+    for prefix, ranks in (("txt", tr), ("img", ir)):
+        for k in (1, 5, 10):
+            out[f"{prefix}_r{k}"] = 100.0 * float((ranks < k).sum()) / len(ranks)
+        out[f"{prefix}_r_mean"] = (out[f"{prefix}_r1"] + out[f"{prefix}_r5"] + out[f"{prefix}_r10"]) / 3
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out

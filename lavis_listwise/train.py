@@ -6,13 +6,17 @@ import argparse
 import json
 import logging
 import random
+import re
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["add_config_arguments", "build_run", "train", "evaluate"]
+__all__ = ["add_config_arguments", "build_run", "train", "evaluate", "format_results_table"]
+
+_ROW = re.compile(r"^(?:(?P<group>[a-z0-9]+)_)??(?P<dir>txt|img)_(?P<metric>.+)$")
+_DIRECTION = {"txt": "image->text", "img": "text->image"}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +82,41 @@ def _write_results(runner, logs: dict | None, name: str) -> None:
     logging.info("results written to %s", path)
 
 
+def format_results_table(logs: dict) -> str:
+    """A plain-text table per split: one row per direction (and per protocol, e.g. COCO 1K), one
+    column per metric; other values (``r_mean``, ``agg_metrics``...) listed underneath."""
+    lines = []
+    for split, metrics in logs.items():
+        if not isinstance(metrics, dict):
+            continue
+        rows: dict[str, dict[str, float]] = {}
+        columns: list[str] = []
+        others = []
+        for key, value in metrics.items():
+            match = _ROW.match(key)
+            if match is None or not isinstance(value, (int, float)):
+                others.append(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}")
+                continue
+            label = f"{match['group'] or ''} {_DIRECTION[match['dir']]}".strip()
+            rows.setdefault(label, {})[match["metric"]] = float(value)
+            if match["metric"] not in columns:
+                columns.append(match["metric"])
+        width = max([len(r) for r in rows] + [len(split)])
+        lines.append(f"{split:<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+        for label, values in rows.items():
+            cells = (f"{values[c]:9.2f}" if c in values else " " * 9 for c in columns)
+            lines.append((f"{label:<{width}}  " + "  ".join(cells)).rstrip())
+        if others:
+            lines.append("  ".join(others))
+        lines.append("")
+    return "\n".join(lines)
+
+
 def train(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
     logs = runner.train()
     _write_results(runner, logs, "test_results.json")
+    _print_table(logs)
     return logs
 
 
@@ -89,4 +124,12 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
     logs = runner.evaluate(skip_reload=True)
     _write_results(runner, logs, "evaluate_results.json")
+    _print_table(logs)
     return logs
+
+
+def _print_table(logs: dict | None) -> None:
+    from lavis.common.dist_utils import is_main_process
+
+    if logs and is_main_process():
+        print(format_results_table(logs), flush=True)

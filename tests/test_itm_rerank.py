@@ -122,10 +122,10 @@ def test_a_view_equals_lavis_on_that_subset(eval_data, tmp_path):
 def test_batches_cover_every_pair_once_within_the_budget():
     image_of_pair = torch.tensor([0] * 9 + [2] * 3 + [3] * 1 + [7] * 4)
     seen = []
-    for images, rows, valid in _batches(image_of_pair, max_pairs=4):
-        assert rows.numel() <= 4 and rows.shape == valid.shape == (len(images), rows.shape[1])
-        assert torch.equal(image_of_pair[rows[valid]], images[:, None].expand_as(rows)[valid])
-        seen += rows[valid].tolist()
+    for images, rows, row_group in _batches(image_of_pair, max_pairs=4):
+        assert len(rows) <= 4 and torch.equal(image_of_pair[rows], images[row_group])
+        assert torch.all(row_group[1:] >= row_group[:-1])  # grouped by image
+        seen += rows.tolist()
     assert sorted(seen) == list(range(len(image_of_pair)))
 
 
@@ -203,3 +203,28 @@ def test_ranking_report_lists_each_querys_top_k(eval_data):
     assert first[0]["caption"] == dataset.text[first[0]["text"]]
     assert all(e["positive"] == (dataset.txt2img[e["text"]] == 0) for e in first)
     json.dumps(report)  # serialisable as written
+
+
+def test_task_reports_the_same_with_the_stock_path(eval_data, tmp_path, lavis_output_dir):
+    """``run.itm_eval: stock`` (LAVIS's compute_sim_matrix) and the default fast path report the same."""
+    import argparse
+
+    from conftest import write_run_yaml
+    from lavis.common.config import Config
+
+    cfg = Config(
+        argparse.Namespace(
+            cfg_path=str(write_run_yaml(tmp_path / "r.yaml", eval_data, tmp_path / "o", tmp_path / "c")),
+            options=["run.k_test=5"],
+        )
+    )
+    task = registry.get_task_class("retrieval_listwise").setup_task(cfg=cfg)
+    loader = DataLoader(task.build_datasets(cfg)["retrieval_listwise_json"]["test"], batch_size=8)
+    model = task.build_model(cfg).eval()
+    with torch.no_grad():
+        fast = task.evaluation(model, loader)
+        task.eval_settings = EvalSettings.from_run_cfg({"itm_eval": "stock"})
+        stock = task.evaluation(model, loader)
+    assert fast.keys() == stock.keys() and "txt_ndcg10" in fast
+    for key in fast:
+        assert fast[key] == pytest.approx(stock[key], abs=1e-9), key

@@ -2,25 +2,124 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from lavis.common.dist_utils import is_main_process
 from lavis.common.logger import MetricLogger, SmoothedValue
+from lavis.common.registry import registry
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
 
 from ..config import RelevanceConfig
 from ..datasets.retrieval_listwise import ListwiseRetrievalDataset, caption_groups_to_index
-from ..metrics import ndcg_at_k
+from ..metrics import lavis_recalls, ndcg_at_k
 from ..registration import register_once
 from ..relevance import rsc_relevance_from_table
+from .itm_rerank import RerankView, compute_sim_matrix_fast
 
-__all__ = ["RetrievalListwiseTask"]
+__all__ = ["EvalSettings", "RetrievalListwiseTask", "coco_1k_folds"]
 
 NDCG_KS = (5, 10, 20)
+#: COCO 1K: the 5K Karpathy test split in five folds of 1,000 consecutive images.
+COCO_1K_FOLDS, COCO_1K_IMAGES = 5, 1000
+
+
+def _tristate(value, key: str) -> str:
+    """``auto`` / ``true`` / ``false`` from YAML (booleans or strings)."""
+    text = str(value).lower()
+    if text not in ("auto", "true", "false"):
+        raise ValueError(f"{key} must be auto, true or false, got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``run.*`` keys of the retrieval evaluation.
+
+    * ``itm_eval``: ``fast`` (:mod:`.itm_rerank`, default) or ``stock`` (LAVIS's
+      ``model.compute_sim_matrix``);
+    * ``itm_eval_pairs``: (image, caption) pairs per ITM forward of the fast path (default ``null``:
+      256 on CPU, 4096 on CUDA);
+    * ``eval_feature_device``: where the fast path keeps image features: ``auto`` (on the GPU when
+      they use under half its free memory), ``device`` or ``cpu``;
+    * ``coco_1k``: COCO 1K five-fold averages, each fold re-ranked on its own (``auto``: on the
+      COCO Karpathy 5K test split);
+    * ``eccv_caption`` and ``coco_captions_json``: ECCV Caption mAP@R / R-Precision / R@1 and CxC
+      recalls (``auto``: on the COCO Karpathy test split), which need COCO's
+      ``captions_val2014.json`` to map LAVIS's captions to COCO caption ids;
+    * ``save_rankings``: K > 0 writes every query's top-K to ``rankings_<split>_<epoch>.json``.
+    """
+
+    itm_eval: str = "fast"
+    itm_eval_pairs: int | None = None
+    eval_feature_device: str = "auto"
+    coco_1k: str = "auto"
+    eccv_caption: str = "auto"
+    coco_captions_json: str | None = None
+    save_rankings: int = 0
+
+    @classmethod
+    def from_run_cfg(cls, cfg) -> EvalSettings:
+        itm = str(cfg.get("itm_eval", "fast"))
+        if itm not in ("fast", "stock"):
+            raise ValueError(f"run.itm_eval must be 'fast' or 'stock', got {itm!r}")
+        pairs = cfg.get("itm_eval_pairs")
+        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1):
+            raise ValueError(f"run.itm_eval_pairs must be a positive integer or null, got {pairs!r}")
+        where = str(cfg.get("eval_feature_device", "auto"))
+        if where not in ("auto", "device", "cpu"):
+            raise ValueError(f"run.eval_feature_device must be auto, device or cpu, got {where!r}")
+        keep = cfg.get("save_rankings", 0) or 0
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(
+                f"run.save_rankings must be a non-negative integer (top-K per query), got {keep!r}"
+            )
+        captions = cfg.get("coco_captions_json")
+        settings = cls(
+            itm_eval=itm,
+            itm_eval_pairs=pairs,
+            eval_feature_device=where,
+            coco_1k=_tristate(cfg.get("coco_1k", "auto"), "run.coco_1k"),
+            eccv_caption=_tristate(cfg.get("eccv_caption", "auto"), "run.eccv_caption"),
+            coco_captions_json=str(captions) if captions else None,
+            save_rankings=keep,
+        )
+        if settings.itm_eval == "stock" and settings.coco_1k == "true":
+            raise ValueError("run.coco_1k: true needs run.itm_eval: fast (each fold is re-ranked on its own)")
+        return settings
+
+
+def coco_1k_folds(dataset) -> list[RerankView]:
+    """The five COCO 1K folds of a 5,000-image split: 1,000 consecutive images and their captions."""
+    n_img = len(dataset.image)
+    if n_img != COCO_1K_FOLDS * COCO_1K_IMAGES:
+        raise ValueError(
+            f"run.coco_1k: the COCO 1K protocol needs the 5,000-image COCO test split, this one has {n_img}"
+        )
+    txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))])
+    folds = []
+    for f in range(COCO_1K_FOLDS):
+        lo, hi = f * COCO_1K_IMAGES, (f + 1) * COCO_1K_IMAGES
+        texts = ((txt2img >= lo) & (txt2img < hi)).nonzero().squeeze(1)
+        folds.append(RerankView(torch.arange(lo, hi), texts))
+    return folds
+
+
+def _view_ground_truth(dataset, view: RerankView) -> tuple[dict, dict]:
+    """LAVIS's ``txt2img`` / ``img2txt`` renumbered to a view's local rows and columns."""
+    img_pos = {int(i): r for r, i in enumerate(view.image_index.tolist())}
+    txt_pos = {int(t): r for r, t in enumerate(view.text_index.tolist())}
+    txt2img = {txt_pos[t]: img_pos[dataset.txt2img[t]] for t in txt_pos}
+    img2txt = {img_pos[i]: [txt_pos[t] for t in dataset.img2txt[i] if t in txt_pos] for i in img_pos}
+    return txt2img, img2txt
 
 
 def relevance_config_of(model) -> RelevanceConfig:
@@ -56,6 +155,8 @@ class RetrievalListwiseTask(RetrievalTask):
         self.train_caption_datasets: list[ListwiseRetrievalDataset] = []
         self._loss_terms: dict[str, float] = {}
         self._eval_relevance: dict[tuple, torch.Tensor] = {}
+        self.eval_settings = EvalSettings.from_run_cfg(cfg)
+        self._rankings: dict | None = None
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -144,19 +245,82 @@ class RetrievalListwiseTask(RetrievalTask):
                 f"run.k_test = {k_test} is larger than the evaluation split ({n_img} images, {n_txt} "
                 f"captions); set run.k_test <= {min(n_img, n_txt)}"
             )
-        score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
+        settings = self.eval_settings
+        coco_test = "auto" in (settings.coco_1k, settings.eccv_caption) and _is_coco_karpathy_test(dataset)
+        use_1k = settings.coco_1k == "true" or (
+            settings.coco_1k == "auto" and coco_test and settings.itm_eval == "fast"
+        )
+        use_eccv = settings.eccv_caption == "true" or (settings.eccv_caption == "auto" and coco_test)
+        # Map captions to COCO ids before the expensive pass, so a missing file fails at once.
+        coco_ids = self._coco_ids(dataset) if use_eccv else None
+        folds = coco_1k_folds(dataset) if use_1k else []
+        if settings.itm_eval == "stock":
+            score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
+            fold_scores = []
+        else:
+            whole = RerankView(torch.arange(n_img), torch.arange(n_txt))
+            scores = compute_sim_matrix_fast(
+                model,
+                data_loader,
+                k_test,
+                views=[whole, *folds],
+                max_pairs=settings.itm_eval_pairs,
+                amp=bool(self.cfg.get("amp", False)),
+                feature_device=settings.eval_feature_device,
+                progress=is_main_process(),
+            )
+            (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
         self.last_scores = (score_i2t, score_t2i)  # kept for inspection (the demo draws rankings)
         if not is_main_process():
             return None
         result = self._report_metrics(score_i2t, score_t2i, dataset.txt2img, dataset.img2txt)
         result.update(self.graded_metrics(score_i2t, score_t2i, dataset, relevance_config_of(model)))
+        if fold_scores:
+            result.update(self._coco_1k_metrics(dataset, folds, fold_scores))
+        if coco_ids is not None:
+            from ..eccv_caption import eccv_caption_metrics
+
+            result.update(eccv_caption_metrics(score_i2t, score_t2i, *coco_ids))
         if self.agg_metric not in result:
             raise ValueError(
                 f"run.agg_metric = {self.agg_metric!r} is not a reported metric: {sorted(result)}"
             )
         result["agg_metrics"] = result[self.agg_metric]
+        if settings.save_rankings:
+            self._rankings = ranking_report(score_i2t, score_t2i, dataset, settings.save_rankings)
         logging.info(result)
         return result
+
+    def after_evaluation(self, val_result, split_name=None, epoch=None, **kwargs):
+        rankings, self._rankings = self._rankings, None
+        if rankings is not None and is_main_process():
+            out = Path(registry.get_path("result_dir")) / f"rankings_{split_name}_{epoch}.json"
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps(rankings))
+            os.replace(tmp, out)  # never a half-written file
+            logging.info("per-query top-%d rankings written to %s", rankings["k"], out)
+        return val_result
+
+    def _coco_ids(self, dataset) -> tuple[list[int], list[int]]:
+        from ..eccv_caption import coco_ids_from_annotation
+
+        path = self.eval_settings.coco_captions_json
+        if not path:
+            raise ValueError(
+                "run.coco_captions_json is not set: ECCV Caption / CxC metrics need COCO's "
+                "captions_val2014.json (from annotations_trainval2014.zip) to map LAVIS's test captions "
+                "to COCO caption ids; set it, or set run.eccv_caption: false"
+            )
+        return coco_ids_from_annotation(dataset.annotation, path)
+
+    def _coco_1k_metrics(self, dataset, folds: list[RerankView], fold_scores) -> dict[str, float]:
+        """LAVIS's recalls on each COCO 1K fold (re-ranked within the fold), averaged over folds."""
+        per_fold = []
+        for view, (s_i2t, s_t2i) in zip(folds, fold_scores):
+            txt2img, img2txt = _view_ground_truth(dataset, view)
+            per_fold.append(lavis_recalls(s_i2t, s_t2i, txt2img, img2txt))
+        keys = list(per_fold[0])
+        return {f"coco1k_{k}": float(np.mean([m[k] for m in per_fold])) for k in keys}
 
     def eval_relevance(self, dataset, relevance: RelevanceConfig) -> torch.Tensor:
         """RSC relevance ``[n_images, n_captions]`` of an evaluation split, computed once per split."""
@@ -185,3 +349,57 @@ class RetrievalListwiseTask(RetrievalTask):
             out[f"txt_ndcg{k}"] = 100.0 * ndcg_at_k(s_i2t, rel, k)
             out[f"img_ndcg{k}"] = 100.0 * ndcg_at_k(s_t2i, rel.t(), k)
         return out
+
+
+def _is_coco_karpathy_test(dataset) -> bool:
+    """Whether an evaluation split is COCO's 5K Karpathy test split (by its COCO image ids)."""
+    if len(dataset.image) != COCO_1K_FOLDS * COCO_1K_IMAGES or not hasattr(dataset, "annotation"):
+        return False
+    from ..eccv_caption import coco_image_ids, coco_karpathy_test_image_ids
+
+    try:
+        ids = coco_image_ids(dataset.annotation)
+    except ValueError:  # file names without a COCO id
+        return False
+    return set(ids) == coco_karpathy_test_image_ids()
+
+
+def ranking_report(score_i2t, score_t2i, dataset, k: int) -> dict:
+    """Every query's top-``k`` candidates with scores and ground truth, for inspection.
+
+    Returns ``{"k", "i2t": [{"image", "top": [{"text", "caption", "score", "positive"}]}], "t2i": [...]}``
+    with indices into the split's ``image`` / ``text`` lists.
+    """
+    s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
+    k_i, k_t = min(k, s_i2t.shape[1]), min(k, s_t2i.shape[1])
+    i2t_val, i2t_idx = s_i2t.topk(k_i, dim=1)
+    t2i_val, t2i_idx = s_t2i.topk(k_t, dim=1)
+    images = [str(path) for path in dataset.image]  # file names relative to the image root
+    i2t = [
+        {
+            "image": i,
+            "file": images[i],
+            "top": [
+                {
+                    "text": t,
+                    "caption": dataset.text[t],
+                    "score": round(v, 5),
+                    "positive": dataset.txt2img[t] == i,
+                }
+                for t, v in zip(idx, val)
+            ],
+        }
+        for i, (idx, val) in enumerate(zip(i2t_idx.tolist(), i2t_val.tolist()))
+    ]
+    t2i = [
+        {
+            "text": t,
+            "caption": dataset.text[t],
+            "top": [
+                {"image": i, "file": images[i], "score": round(v, 5), "positive": dataset.txt2img[t] == i}
+                for i, v in zip(idx, val)
+            ],
+        }
+        for t, (idx, val) in enumerate(zip(t2i_idx.tolist(), t2i_val.tolist()))
+    ]
+    return {"k": k, "i2t": i2t, "t2i": t2i}
