@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +134,19 @@ def test_changed_captions_rebuild_the_cache(tmp_path, tiny_dataset):
     after = cache.get(changed, progress=False)
     assert cache.path_for(changed) != cache.path_for(captions)
     assert not torch.allclose(after[5], before[5]) and torch.equal(after[:5], before[:5])
+
+
+@pytest.mark.parametrize("name", ["blip", "albef"])
+def test_project_yamls_parse_and_validate(name):
+    """Every shipped experiment YAML goes through LAVIS's Config and the plugin's key checks."""
+    from lavis_listwise.config import ListwiseConfig
+    from lavis_listwise.resources import config_path
+    from lavis_listwise.tasks.retrieval_listwise import EvalSettings
+
+    paths = sorted(Path(config_path(f"projects/{name}/retrieval_coco_eval.yaml")).parent.glob("*.yaml"))
+    assert len(paths) == 4
+    for path in paths:
+        cfg = _config(path)
+        settings = EvalSettings.from_run_cfg(cfg.run_cfg)
+        assert settings.itm_eval == "fast" and settings.coco_1k in ("auto", "true", "false"), path
+        ListwiseConfig.from_cfg(cfg.model_cfg.listwise)

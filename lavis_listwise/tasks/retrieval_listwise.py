@@ -14,6 +14,7 @@ import torch.distributed as dist
 from lavis.common.dist_utils import is_main_process
 from lavis.common.logger import MetricLogger, SmoothedValue
 from lavis.common.registry import registry
+from lavis.common.utils import get_cache_path
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
@@ -54,7 +55,8 @@ class EvalSettings:
       COCO Karpathy 5K test split);
     * ``eccv_caption`` and ``coco_captions_json``: ECCV Caption mAP@R / R-Precision / R@1 and CxC
       recalls (``auto``: on the COCO Karpathy test split), which need COCO's
-      ``captions_val2014.json`` to map LAVIS's captions to COCO caption ids;
+      ``captions_val2014.json`` to map LAVIS's captions to COCO caption ids (a relative path is
+      under LAVIS's cache root, like dataset storage; checked when the datasets are built);
     * ``save_rankings``: K > 0 writes every query's top-K to ``rankings_<split>_<epoch>.json``.
     """
 
@@ -157,6 +159,7 @@ class RetrievalListwiseTask(RetrievalTask):
         self._eval_relevance: dict[tuple, torch.Tensor] = {}
         self.eval_settings = EvalSettings.from_run_cfg(cfg)
         self._rankings: dict | None = None
+        self._coco_id_cache: dict[int, tuple[list[int], list[int]]] = {}
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -171,6 +174,11 @@ class RetrievalListwiseTask(RetrievalTask):
             caption_offset += len(dataset.captions)
             image_offset += dataset.num_images
         self.train_caption_datasets = train_sets
+        # Check ECCV Caption's inputs now, not after hours of training when the test split is reached.
+        for splits in datasets.values():
+            for split, dataset in splits.items():
+                if split != "train" and hasattr(dataset, "txt2img") and self._protocols(dataset)[1]:
+                    self._coco_ids(dataset)
         return datasets
 
     def train_captions(self) -> list[str]:
@@ -246,11 +254,7 @@ class RetrievalListwiseTask(RetrievalTask):
                 f"captions); set run.k_test <= {min(n_img, n_txt)}"
             )
         settings = self.eval_settings
-        coco_test = "auto" in (settings.coco_1k, settings.eccv_caption) and _is_coco_karpathy_test(dataset)
-        use_1k = settings.coco_1k == "true" or (
-            settings.coco_1k == "auto" and coco_test and settings.itm_eval == "fast"
-        )
-        use_eccv = settings.eccv_caption == "true" or (settings.eccv_caption == "auto" and coco_test)
+        use_1k, use_eccv = self._protocols(dataset)
         # Map captions to COCO ids before the expensive pass, so a missing file fails at once.
         coco_ids = self._coco_ids(dataset) if use_eccv else None
         folds = coco_1k_folds(dataset) if use_1k else []
@@ -301,9 +305,21 @@ class RetrievalListwiseTask(RetrievalTask):
             logging.info("per-query top-%d rankings written to %s", rankings["k"], out)
         return val_result
 
+    def _protocols(self, dataset) -> tuple[bool, bool]:
+        """Whether a split gets the COCO 1K folds and the ECCV Caption / CxC metrics."""
+        settings = self.eval_settings
+        coco_test = "auto" in (settings.coco_1k, settings.eccv_caption) and _is_coco_karpathy_test(dataset)
+        use_1k = settings.coco_1k == "true" or (
+            settings.coco_1k == "auto" and coco_test and settings.itm_eval == "fast"
+        )
+        return use_1k, settings.eccv_caption == "true" or (settings.eccv_caption == "auto" and coco_test)
+
     def _coco_ids(self, dataset) -> tuple[list[int], list[int]]:
+        """COCO image and caption ids of a split, mapped once."""
         from ..eccv_caption import coco_ids_from_annotation
 
+        if id(dataset) in self._coco_id_cache:
+            return self._coco_id_cache[id(dataset)]
         path = self.eval_settings.coco_captions_json
         if not path:
             raise ValueError(
@@ -311,7 +327,10 @@ class RetrievalListwiseTask(RetrievalTask):
                 "captions_val2014.json (from annotations_trainval2014.zip) to map LAVIS's test captions "
                 "to COCO caption ids; set it, or set run.eccv_caption: false"
             )
-        return coco_ids_from_annotation(dataset.annotation, path)
+        # Relative paths live under LAVIS's cache root, like the datasets' build_info storage.
+        path = path if os.path.isabs(path) else get_cache_path(path)
+        ids = self._coco_id_cache[id(dataset)] = coco_ids_from_annotation(dataset.annotation, path)
+        return ids
 
     def _coco_1k_metrics(self, dataset, folds: list[RerankView], fold_scores) -> dict[str, float]:
         """LAVIS's recalls on each COCO 1K fold (re-ranked within the fold), averaged over folds."""
