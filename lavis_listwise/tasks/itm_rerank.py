@@ -301,7 +301,9 @@ def _self_attention(att, x: Tensor, layout: _TokenLayout) -> Tensor:
         for proj in (sa.query, sa.key, sa.value)
     )
     q, k, v = (_heads(sa, t.view(layout.n_rows, layout.length, -1)).transpose(1, 2) for t in (q, k, v))
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask.to(q.dtype))
+    # LAVIS's own arithmetic; for captions of <= 35 tokens it is also faster than SDPA on CPU.
+    scores = q @ k.transpose(-1, -2) / math.sqrt(sa.attention_head_size) + layout.key_mask.to(q.dtype)
+    ctx = scores.softmax(dim=-1) @ v
     ctx = ctx.transpose(1, 2).reshape(grid, -1).index_select(0, layout.token_slots)
     return att.output(ctx, x)
 
