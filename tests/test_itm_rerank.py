@@ -228,3 +228,10 @@ def test_task_reports_the_same_with_the_stock_path(eval_data, tmp_path, lavis_ou
     assert fast.keys() == stock.keys() and "txt_ndcg10" in fast
     for key in fast:
         assert fast[key] == pytest.approx(stock[key], abs=1e-9), key
+
+
+def test_relative_position_encoders_are_refused_with_the_yaml_key(eval_data):
+    model = _model("blip_retrieval_listwise")
+    model.text_encoder.config.position_embedding_type = "relative_key"
+    with pytest.raises(ValueError, match="run.itm_eval: stock"):
+        compute_sim_matrix_fast(model, DataLoader(_dataset(eval_data), batch_size=8), 4, progress=False)

@@ -11,15 +11,17 @@ elsewhere. What changes is how the ITM work is done:
 * pairs are grouped by image: each image's cross-attention keys and values are projected once per
   layer and shared by all its queries (LAVIS re-projects them for every query, about two thirds of
   the ITM FLOPs at 384 px), and many images' pairs go through one batched forward;
-* each ITM batch is cut to its longest caption instead of LAVIS's fixed 35 tokens, and the last
-  layer's cross-attention and feed-forward run on the [CLS]/[ENC] token only (the only one read);
+* every per-token layer (projections, output blocks, feed-forward) runs on the captions' real
+  tokens only, packed, instead of LAVIS's 35 padded positions, and the last layer's cross-attention
+  and feed-forward run on the [CLS]/[ENC] token only (the only one the ITM head reads);
 * ALBEF's text-only layers (below ``fusion_layer``) run once per caption, in the ITC pass;
 * under ``torch.distributed`` every rank encodes only its share of images and captions; ranks own
   the ITM pairs of their own images, and the scores are summed once over ranks (no ``-100`` sums).
 
-The LAVIS modules themselves (embeddings, self-attention, projections, output and feed-forward
-blocks, ITM head) do the arithmetic; only the cross-attention core is written here, with cached
-keys/values and ``scaled_dot_product_attention``.
+The model's own modules (embeddings, query/key/value projections, output and feed-forward blocks,
+ITM head) do the arithmetic; only the two attention cores are written here: self-attention in
+LAVIS's formula on the padded caption grid, cross-attention on cached keys/values through
+``scaled_dot_product_attention``. Position embeddings must be absolute (BLIP's and ALBEF's are).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
+from transformers import BatchEncoding
 
 __all__ = [
     "DEFAULT_MAX_PAIRS",
@@ -85,10 +88,17 @@ def _all_gather_rows(x: Tensor, n_total: int) -> Tensor:
     )
 
 
+def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 (fp16 where the GPU lacks it) under ``run.amp`` on CUDA; ``None`` otherwise."""
+    if not (amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _autocast(device: torch.device, enabled: bool):
-    if not (enabled and device.type == "cuda"):
+    dtype = _amp_dtype(device, enabled)
+    if dtype is None:
         return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
 
@@ -100,7 +110,7 @@ class RetrievalFeatures:
         sims: ``[n_img, n_txt]`` ITC cosine similarity (all ranks hold all of it).
         image_feats: ``[n_own, P, D]`` visual-encoder tokens of this rank's images.
         image_range: ``(start, end)`` of this rank's images.
-        text_ids: ``[n_txt, L]`` ITM token ids (BLIP: ``[ENC]`` first), ``L <= 35``.
+        text_ids: ``[n_txt, L]`` ITM token ids (BLIP: ``[ENC]`` first), ``L`` the longest caption (<= 35).
         text_mask: ``[n_txt, L]`` attention mask.
         text_states: ``[n_txt, L, H]`` ALBEF hidden states after the text-only layers; ``None`` for BLIP.
         first_fusion_layer: index of the first text-encoder layer the ITM pass runs.
@@ -116,6 +126,12 @@ class RetrievalFeatures:
 
 
 def _first_cross_layer(text_encoder) -> int:
+    kind = getattr(text_encoder.config, "position_embedding_type", "absolute")
+    if kind != "absolute":  # relative positions enter LAVIS's attention scores; not reproduced here
+        raise ValueError(
+            f"the fast ITM evaluation supports absolute position embeddings, the text encoder has {kind!r}: "
+            "set run.itm_eval: stock"
+        )
     layers = text_encoder.encoder.layer
     for i, layer in enumerate(layers):
         if hasattr(layer, "crossattention"):
@@ -144,9 +160,9 @@ def _image_loader(data_loader, start: int, end: int) -> DataLoader:
 
 def _feature_home(device: torch.device, nbytes: int, feature_device: str) -> torch.device:
     """Where to keep the image features: the compute device when they fit comfortably."""
-    if feature_device == "cpu" or device.type != "cuda":
-        return torch.device("cpu") if feature_device == "cpu" else device
-    if feature_device == "device":
+    if feature_device == "cpu":
+        return torch.device("cpu")
+    if feature_device == "device" or device.type != "cuda":
         return device
     free, _ = torch.cuda.mem_get_info(device)
     return device if nbytes < 0.5 * free else torch.device("cpu")
@@ -180,25 +196,26 @@ def encode_retrieval_features(
     tok = model.tokenizer(
         texts, padding="max_length", truncation=True, max_length=LAVIS_EVAL_MAX_TXT_LEN, return_tensors="pt"
     )
+    # The ITC pass pads to 35 as LAVIS does (same features, so the same candidates); what the ITM
+    # pass keeps is cut to the longest caption of the split.
+    longest = int(tok.attention_mask.sum(1).max())
     t0, t1 = _shard(n_txt, rank, world)
     text_embeds, text_states = [], []
     with _autocast(device, amp):
         for s in range(t0, t1, _TEXT_BATCH):
             e = min(t1, s + _TEXT_BATCH)
-            batch = tok.__class__({k: v[s:e].to(device) for k, v in tok.items()})
-            out = text_encoder.forward_text(batch)
+            out = text_encoder.forward_text(BatchEncoding({k: v[s:e].to(device) for k, v in tok.items()}))
             text_embeds.append(F.normalize(model.text_proj(out.last_hidden_state[:, 0, :]), dim=-1))
             if keep_states:
-                text_states.append(out.last_hidden_state)
+                text_states.append(out.last_hidden_state[:, :longest])
     embed_dim = model.text_proj.out_features
     text_embeds = _all_gather_rows(_cat_or_empty(text_embeds, (0, embed_dim), device), n_txt)
     states = None
     if keep_states:
         hidden = text_encoder.config.hidden_size
-        states = _cat_or_empty(text_states, (0, LAVIS_EVAL_MAX_TXT_LEN, hidden), device)
-        states = _all_gather_rows(states, n_txt)
+        states = _all_gather_rows(_cat_or_empty(text_states, (0, longest, hidden), device), n_txt)
 
-    ids = tok.input_ids.clone()
+    ids = tok.input_ids[:, :longest].clone()
     if hasattr(model.tokenizer, "enc_token_id"):  # BLIP's ITM input starts with [ENC], as in LAVIS
         ids[:, 0] = model.tokenizer.enc_token_id
 
@@ -229,7 +246,7 @@ def encode_retrieval_features(
         image_feats=feats,
         image_range=(i0, i1),
         text_ids=ids,
-        text_mask=tok.attention_mask,
+        text_mask=tok.attention_mask[:, :longest],
         text_states=states,
         first_fusion_layer=first_fusion,
     )
