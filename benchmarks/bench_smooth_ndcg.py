@@ -1,8 +1,9 @@
 """Smooth-NDCG forward+backward: the published-style broadcast formula vs lavis-listwise's kernels.
 
 Implementations: ``published`` (every ``B x B x B`` tensor materialised, as the published code does),
-``chunked`` (``kernel="torch"``: tiled closed-form backward) and ``compiled`` (``kernel="compiled"``:
-fused ``torch.compile`` reductions). Each (implementation, B, device) runs in a fresh process on
+``chunked`` (``kernel="torch"``: tiled closed-form backward), ``compiled`` (``kernel="compiled"``:
+fused ``torch.compile`` reductions) and, on CUDA, ``triton`` (``kernel="triton"``: hand-written
+Triton kernels). Each (implementation, B, device) runs in a fresh process on
 identical inputs (Q = N = B, seed 0), after warm-up calls on two small shapes (which also compile):
 extra peak memory is measured on the first full-size call (CPU: growth of the process's peak RSS;
 CUDA: growth of ``max_memory_allocated``), time is the median of the following calls.
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 
-IMPLS = ("published", "chunked", "compiled")
+IMPLS = ("published", "chunked", "compiled", "triton")
 CUBES_ALIVE = 12  # Q*N*N tensors the broadcast formula keeps alive through backward (measured ~10-11)
 
 
@@ -37,7 +38,7 @@ def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
         if impl == "published":
             loss = smooth_ndcg_loss_reference(scores, rel, 0.01).mean()
         else:
-            kernel = "compiled" if impl == "compiled" else "torch"
+            kernel = impl if impl in ("compiled", "triton") else "torch"
             loss = smooth_ndcg_loss(
                 scores, rel, 0.01, kernel=kernel, relevance_topk=topk if impl == "topk" else None
             )
@@ -122,7 +123,7 @@ def main() -> None:
     )
     impls = IMPLS + (("topk",) if args.relevance_topk else ())
     head = "| device | B | " + " | ".join(f"{i} ms | {i} MiB" for i in impls)
-    head += " | chunked vs published | compiled vs chunked |"
+    head += " | chunked vs published | compiled vs chunked | triton vs compiled |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for device in devices:
@@ -132,6 +133,8 @@ def main() -> None:
                 need = CUBES_ALIVE * size**3 * 4 if impl == "published" else 0
                 if need > 0.8 * _available_bytes(device):
                     rows[impl] = {"error": f"skipped (~{need / 2**30:.0f} GiB)"}
+                elif impl == "triton" and device != "cuda":
+                    rows[impl] = {"error": "CUDA only"}
                 else:
                     rows[impl] = _run(impl, size, device, args.reps, args.relevance_topk)
             ok = {k: v for k, v in rows.items() if "error" not in v and k != "topk"}  # topk: another loss
@@ -143,6 +146,7 @@ def main() -> None:
                 r = rows[impl]
                 cells += [r["error"], ""] if "error" in r else [f"{r['ms']:.1f}", f"{r['mib']:.1f}"]
             cells += [_ratio(ok, "published", "chunked"), _ratio(ok, "chunked", "compiled")]
+            cells += [_ratio(ok, "compiled", "triton")]
             print(f"| {device} | {size} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .smooth_ndcg_compiled import compiled_available, compiled_rank_backward, compiled_ranks
+from .smooth_ndcg_triton import triton_available, triton_rank_backward, triton_ranks
 
 __all__ = ["KERNELS", "SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
 
@@ -132,27 +133,43 @@ def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
     return (gains / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
 
 
-KERNELS = ("auto", "torch", "compiled")
+KERNELS = ("auto", "torch", "compiled", "triton")
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """``auto``: the compiled path on CUDA, the chunked PyTorch path elsewhere."""
+    """``auto``: the compiled path on CUDA, the chunked PyTorch path elsewhere. A kernel whose
+    compilation failed earlier on this device type resolves to the chunked path."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "auto":
         kernel = "compiled" if device.type == "cuda" else "torch"
-    if kernel == "compiled" and not compiled_available(device):
+    if kernel == "triton" and device.type != "cuda" and not triton_available(device):
+        raise ValueError(
+            "kernel='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter); "
+            f"got {device.type} tensors"
+        )
+    if (kernel == "compiled" and not compiled_available(device)) or (
+        kernel == "triton" and not triton_available(device)
+    ):
         kernel = "torch"
     return kernel
 
 
 def _ranks(scaled: Tensor, kernel: str, block: int, tile_bytes: int) -> Tensor:
-    out = compiled_ranks(scaled) if kernel == "compiled" else None
+    out = None
+    if kernel == "compiled":
+        out = compiled_ranks(scaled)
+    elif kernel == "triton" and scaled.dtype == torch.float32:  # fp64 stays on the chunked path
+        out = triton_ranks(scaled)
     return out if out is not None else smoothed_ranks(scaled, block, tile_bytes)
 
 
 def _ranks_backward(scaled: Tensor, grad_rank: Tensor, kernel: str, block: int, tile_bytes: int) -> Tensor:
-    out = compiled_rank_backward(scaled, grad_rank) if kernel == "compiled" else None
+    out = None
+    if kernel == "compiled":
+        out = compiled_rank_backward(scaled, grad_rank)
+    elif kernel == "triton" and scaled.dtype == torch.float32:
+        out = triton_rank_backward(scaled, grad_rank)
     return out if out is not None else _rank_backward(scaled, grad_rank, block, tile_bytes)
 
 
@@ -241,8 +258,9 @@ def smooth_ndcg_loss(
         block: candidate tile edge of the tiled computation.
         tile_bytes: scratch memory per tile; peak extra memory is ``O(Q*N)`` plus this.
         kernel: ``"torch"`` (chunked tiles, portable), ``"compiled"`` (fused ``torch.compile``
-            reductions; falls back to ``"torch"`` with one warning if compilation fails), or
-            ``"auto"`` (compiled on CUDA, torch elsewhere).
+            reductions; falls back to ``"torch"`` with one warning if compilation fails),
+            ``"triton"`` (hand-written Triton kernels, CUDA; same fallback), or ``"auto"``
+            (compiled on CUDA, torch elsewhere).
         relevance_topk: if set, an approximation: only each row's ``relevance_topk`` most relevant
             candidates keep their gain (the others count as 0) and only they are ranked, in
             ``O(Q * relevance_topk * N)`` (chunked PyTorch, ``kernel`` is not used).

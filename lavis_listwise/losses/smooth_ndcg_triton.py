@@ -1,0 +1,123 @@
+"""Smooth-NDCG's rank and closed-form rank-gradient as hand-written Triton kernels (CUDA).
+
+Each program owns one query and a block of items, and streams the query's other items through
+registers, so nothing larger than ``[Q, N]`` is ever stored:
+
+    rank_qi  = 1/2 + sum_j sigma(x_qj - x_qi)                        (the j = i term is 1/2)
+    grad_qk  = sum_i P_qki g_qi - g_qk sum_i P_qki,   P = sigma'(x_qk - x_qi) = sigma (1 - sigma)
+
+The sigmoid is ``1 / (1 + 2^(-d log2 e))``: one ``exp2``, one reciprocal and a few FP32 operations
+per term; the difference ``d`` is taken before scaling, as the chunked path rounds it. Padding
+columns load ``-inf``, which makes their terms exactly 0 (no masks in the inner loop). fp32 in, fp32
+accumulation; results match the chunked path's formulas, not its summation order.
+
+Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors
+through Triton's interpreter, which is how CI tests them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["triton_available", "triton_rank_backward", "triton_ranks"]
+
+_BLOCK_ITEMS = 64  # items owned by one program
+_BLOCK_STREAM = 128  # other items per inner-loop step
+_FAILED: set[str] = set()
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton ships with CUDA builds of torch; elsewhere the kernel is unavailable
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rank_kernel(x_ptr, out_ptr, n, stride, n_blocks, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        pid = tl.program_id(0)
+        q, block = pid // n_blocks, pid % n_blocks
+        row = x_ptr + q * stride
+        offs_i = block * BLOCK_I + tl.arange(0, BLOCK_I)
+        xi = tl.load(row + offs_i, mask=offs_i < n, other=0.0)
+        acc = tl.zeros([BLOCK_I], dtype=tl.float32)
+        for j0 in range(0, n, BLOCK_J):
+            offs_j = j0 + tl.arange(0, BLOCK_J)
+            xj = tl.load(row + offs_j, mask=offs_j < n, other=float("-inf"))
+            # sigma(x_j - x_i) = 1 / (1 + 2^(log2e (x_i - x_j))); a -inf column gives exactly 0
+            acc += tl.sum(1.0 / (1.0 + tl.exp2((xi[:, None] - xj[None, :]) * 1.4426950408889634)), axis=1)
+        tl.store(out_ptr + q * stride + offs_i, 0.5 + acc, mask=offs_i < n)
+
+    @triton.jit
+    def _rank_backward_kernel(
+        x_ptr, g_ptr, out_ptr, n, stride, n_blocks, BLOCK_K: tl.constexpr, BLOCK_I: tl.constexpr
+    ):
+        pid = tl.program_id(0)
+        q, block = pid // n_blocks, pid % n_blocks
+        offs_k = block * BLOCK_K + tl.arange(0, BLOCK_K)
+        xk = tl.load(x_ptr + q * stride + offs_k, mask=offs_k < n, other=0.0)
+        gk = tl.load(g_ptr + q * stride + offs_k, mask=offs_k < n, other=0.0)
+        weighted = tl.zeros([BLOCK_K], dtype=tl.float32)
+        total = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for i0 in range(0, n, BLOCK_I):
+            offs_i = i0 + tl.arange(0, BLOCK_I)
+            # a -inf padding column: sigma(+inf) = 1, so sigma' = 0 exactly
+            xi = tl.load(x_ptr + q * stride + offs_i, mask=offs_i < n, other=float("-inf"))
+            gi = tl.load(g_ptr + q * stride + offs_i, mask=offs_i < n, other=0.0)
+            s = 1.0 / (1.0 + tl.exp2((xi[None, :] - xk[:, None]) * 1.4426950408889634))  # sigma(x_k - x_i)
+            p = s - s * s
+            weighted += tl.sum(p * gi[None, :], axis=1)
+            total += tl.sum(p, axis=1)
+        tl.store(out_ptr + q * stride + offs_k, weighted - gk * total, mask=offs_k < n)
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton kernels run on CUDA tensors (and on CPU tensors under ``TRITON_INTERPRET=1``)."""
+    if triton is None or device.type in _FAILED:
+        return False
+    return device.type == "cuda" or (_INTERPRET and device.type == "cpu")
+
+
+def _launch(name: str, kernel, out: Tensor, *tensors: Tensor, block: int) -> Tensor | None:
+    device = out.device.type
+    q, n = out.shape
+    n_blocks = triton.cdiv(n, block)
+    try:
+        kernel[(q * n_blocks,)](*tensors, out, n, out.stride(0), n_blocks, block, _BLOCK_STREAM)
+    except Exception as err:  # a compiler/driver failure: fall back, warn once per device type
+        _FAILED.add(device)
+        warnings.warn(
+            f"the Triton Smooth-NDCG {name} kernel failed on {device} ({type(err).__name__}: {err}); "
+            "using the chunked PyTorch path (listwise.kernel: torch) from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return out
+
+
+def _as_fp32(x: Tensor) -> Tensor:
+    if x.dtype != torch.float32:
+        raise ValueError(
+            f"the Triton Smooth-NDCG kernels take fp32 (got {x.dtype}); fp64 uses kernel='torch'"
+        )
+    return x.contiguous()
+
+
+def triton_ranks(scaled_scores: Tensor) -> Tensor | None:
+    """``[Q, N]`` smoothed ranks of fp32 ``scaled_scores`` (scores / tau); ``None`` if the kernel failed."""
+    x = _as_fp32(scaled_scores)
+    return _launch("rank", _rank_kernel, torch.empty_like(x), x, block=_BLOCK_ITEMS)
+
+
+def triton_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
+    """``[Q, N]`` gradient with respect to the scaled scores; ``None`` if the kernel failed."""
+    x, g = _as_fp32(scaled_scores), _as_fp32(grad_rank)
+    return _launch("rank backward", _rank_backward_kernel, torch.empty_like(x), x, g, block=_BLOCK_ITEMS)

@@ -1,0 +1,76 @@
+"""The Triton kernels of Smooth-NDCG against the chunked path, through Triton's CPU interpreter.
+
+``TRITON_INTERPRET=1`` must be set before Triton decorates the kernels, so the checks run in a
+child process that imports the loss with it set.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="Triton is not installed (it ships with CUDA builds of torch)")
+
+CHECKS = textwrap.dedent(
+    """
+    import torch
+    from lavis_listwise.losses import smooth_ndcg_loss
+    from lavis_listwise.losses.smooth_ndcg import _rank_backward, resolve_kernel, smoothed_ranks
+    from lavis_listwise.losses.smooth_ndcg_triton import triton_rank_backward, triton_ranks
+
+    assert resolve_kernel("triton", torch.device("cpu")) == "triton"  # the interpreter runs on CPU
+
+    # internals, fp32: ranks and the closed-form gradient (ragged N: padding columns must count 0)
+    g = torch.Generator().manual_seed(3)
+    for q, n in [(9, 200), (2, 1), (5, 64), (3, 129)]:
+        x = (torch.randn(q, n, generator=g) * 5).bfloat16().float()
+        grad_rank = torch.randn(q, n, generator=g)
+        torch.testing.assert_close(triton_ranks(x), smoothed_ranks(x), rtol=1e-5, atol=1e-5)
+        ours, ref = triton_rank_backward(x, grad_rank), _rank_backward(x, grad_rank, 64, 1 << 16)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1e-30))
+
+    # the loss and its gradient, fp32 and bf16 inputs (computed in fp32; bf16 grads: one bf16 ulp)
+    for dtype in (torch.float32, torch.bfloat16):
+        for q, n in [(7, 33), (16, 130), (3, 1)]:
+            g = torch.Generator().manual_seed(q * n)
+            scores = (torch.randn(q, n, generator=g) * 0.05).to(dtype)
+            rel = torch.rand(q, n, generator=g)
+            rel[0] = 0
+            a, b = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+            w = torch.randn(q, generator=g)
+            la = smooth_ndcg_loss(a, rel, 0.01, "none", kernel="torch")
+            lb = smooth_ndcg_loss(b, rel, 0.01, "none", kernel="triton")
+            torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+            (la * w).sum().backward()
+            (lb * w).sum().backward()
+            scale = a.grad.float().abs().max().item()
+            rtol = 1e-5 if dtype == torch.float32 else 2**-7
+            torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=rtol, atol=rtol * scale)
+
+    # fp64 inputs stay on the chunked path (the kernels are fp32)
+    s = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    r = torch.rand(4, 10, dtype=torch.float64)
+    expected = smooth_ndcg_loss(s, r, kernel="torch")
+    torch.testing.assert_close(smooth_ndcg_loss(s, r, kernel="triton"), expected)
+    print("triton checks passed")
+    """
+)
+
+
+def test_triton_kernels_match_chunked_path_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "triton checks passed" in run.stdout
+
+
+def test_triton_kernel_needs_cuda_without_the_interpreter():
+    from lavis_listwise.losses import smooth_ndcg_loss, smooth_ndcg_triton
+
+    if smooth_ndcg_triton._INTERPRET:
+        pytest.skip("this process runs under TRITON_INTERPRET=1")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        smooth_ndcg_loss(torch.randn(3, 4), torch.rand(3, 4), kernel="triton")
