@@ -312,6 +312,8 @@ class RetrievalListwiseTask(RetrievalTask):
         use_1k = settings.coco_1k == "true" or (
             settings.coco_1k == "auto" and coco_test and settings.itm_eval == "fast"
         )
+        if coco_test and settings.coco_1k == "auto" and not use_1k:
+            logging.info("COCO 1K folds skipped: they need run.itm_eval: fast (each fold is re-ranked)")
         return use_1k, settings.eccv_caption == "true" or (settings.eccv_caption == "auto" and coco_test)
 
     def _coco_ids(self, dataset) -> tuple[list[int], list[int]]:
