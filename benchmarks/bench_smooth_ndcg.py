@@ -75,6 +75,14 @@ def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
         step(scores, rel)
         sync()
         times.append(time.perf_counter() - t0)
+    # A kernel that failed falls back to the chunked path with a warning, which the parent hides:
+    # report the failure instead of chunked timings under the kernel's name.
+    from lavis_listwise.losses.smooth_ndcg_compiled import compiled_available
+    from lavis_listwise.losses.smooth_ndcg_triton import triton_available
+
+    available = {"compiled": compiled_available, "triton": triton_available}.get(impl)
+    if available is not None and not available(torch.device(device)):
+        raise SystemExit(f"the {impl} kernel failed on {device} and fell back to the chunked path")
     return {"ms": 1e3 * statistics.median(times or [first]), "mib": peak / 2**20, "loss": float(loss)}
 
 
