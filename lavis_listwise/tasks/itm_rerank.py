@@ -229,11 +229,12 @@ def encode_retrieval_features(
             feat = model.visual_encoder.forward_features(image)
             image_embeds.append(F.normalize(model.vision_proj(feat[:, 0, :]), dim=-1))
             if feats is None:
+                # Under amp the ITM pass reads them in the autocast dtype anyway: store them so (half
+                # the memory of fp32, bit-identical K/V inputs).
+                dtype = _amp_dtype(device, amp) or feat.dtype
                 shape = (i1 - i0,) + tuple(feat.shape[1:])
-                nbytes = math.prod(shape) * feat.element_size()
-                feats = torch.empty(
-                    shape, dtype=feat.dtype, device=_feature_home(device, nbytes, feature_device)
-                )
+                nbytes = math.prod(shape) * dtype.itemsize
+                feats = torch.empty(shape, dtype=dtype, device=_feature_home(device, nbytes, feature_device))
             feats[filled : filled + len(feat)] = feat
             filled += len(feat)
     if feats is None:  # a rank with no images
