@@ -150,3 +150,14 @@ def test_project_yamls_parse_and_validate(name):
         settings = EvalSettings.from_run_cfg(cfg.run_cfg)
         assert settings.itm_eval == "fast" and settings.coco_1k in ("auto", "true", "false"), path
         ListwiseConfig.from_cfg(cfg.model_cfg.listwise)
+
+
+def test_coco_1k_on_another_split_fails_when_datasets_are_built(tmp_path, tiny_dataset):
+    """Not at the end of training, when the test split is finally evaluated."""
+    cfg = _config(
+        write_run_yaml(tmp_path / "r.yaml", tiny_dataset, tmp_path / "o", tmp_path / "c"),
+        ["run.coco_1k=True"],
+    )
+    task = registry.get_task_class("retrieval_listwise").setup_task(cfg=cfg)
+    with pytest.raises(ValueError, match="run.coco_1k: the COCO 1K protocol needs the 5,000-image"):
+        task.build_datasets(cfg)

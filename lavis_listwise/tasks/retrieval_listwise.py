@@ -174,10 +174,16 @@ class RetrievalListwiseTask(RetrievalTask):
             caption_offset += len(dataset.captions)
             image_offset += dataset.num_images
         self.train_caption_datasets = train_sets
-        # Check ECCV Caption's inputs now, not after hours of training when the test split is reached.
+        # Check the COCO 1K and ECCV Caption inputs now, not after hours of training when the test
+        # split is reached.
         for splits in datasets.values():
             for split, dataset in splits.items():
-                if split != "train" and hasattr(dataset, "txt2img") and self._protocols(dataset)[1]:
+                if split == "train" or not hasattr(dataset, "txt2img"):
+                    continue
+                use_1k, use_eccv = self._protocols(dataset)
+                if use_1k:
+                    coco_1k_folds(dataset)
+                if use_eccv:
                     self._coco_ids(dataset)
         return datasets
 
