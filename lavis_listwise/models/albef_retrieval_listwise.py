@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
 
-from ..config import ListwiseConfig
 from ..registration import register_once
-from .builders import build_text_encoder, build_vision_encoder, load_configured_checkpoint
 from .listwise_mixin import ListwiseRetrievalMixin
 
 
@@ -26,11 +24,8 @@ class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
 
     @classmethod
     def from_config(cls, cfg=None):
-        image_encoder = build_vision_encoder(cfg)
-        text_encoder = build_text_encoder(cfg, image_encoder.vision_width)
-        model = cls(
-            image_encoder=image_encoder,
-            text_encoder=text_encoder,
+        return cls.build_from_config(
+            cfg,
             queue_size=cfg.get("queue_size", 0),
             embed_dim=cfg.get("embed_dim", 256),
             temp=cfg.get("temp", 0.07),
@@ -38,8 +33,4 @@ class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
             momentum=cfg.get("momentum", 0.995),
             alpha=cfg.get("alpha", 0.4),
             max_txt_len=cfg.get("max_txt_len", 30),
-            listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
-            tokenizer=cfg.get("tokenizer"),
         )
-        load_configured_checkpoint(model, cfg)
-        return model

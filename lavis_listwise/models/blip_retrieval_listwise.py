@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 
-from ..config import ListwiseConfig
 from ..registration import register_once
-from .builders import build_text_encoder, build_vision_encoder, load_configured_checkpoint
 from .listwise_mixin import ListwiseRetrievalMixin
 
 
@@ -26,20 +24,14 @@ class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
 
     @classmethod
     def from_config(cls, cfg=None):
-        image_encoder = build_vision_encoder(cfg)
-        text_encoder = build_text_encoder(cfg, image_encoder.vision_width)
-        model = cls(
-            image_encoder=image_encoder,
-            text_encoder=text_encoder,
+        model = cls.build_from_config(
+            cfg,
             queue_size=cfg.get("queue_size", 0),
             alpha=cfg.get("alpha", 0.4),
             embed_dim=cfg.get("embed_dim", 256),
             momentum=cfg.get("momentum", 0.995),
             negative_all_rank=cfg.get("negative_all_rank", False),
             max_txt_len=cfg.get("max_txt_len", 35),
-            listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
-            tokenizer=cfg.get("tokenizer"),
         )
-        load_configured_checkpoint(model, cfg)
         model.reset_queue_ptr()
         return model

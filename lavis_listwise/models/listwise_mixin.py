@@ -11,7 +11,12 @@ from ..distributed import gather_no_grad, gather_with_grad
 from ..losses import bidirectional_listwise_loss, get_loss_class
 from ..relevance import rsc_relevance_from_table
 from ..resources import config_path
-from .builders import build_bert_tokenizer
+from .builders import (
+    build_bert_tokenizer,
+    build_text_encoder,
+    build_vision_encoder,
+    load_configured_checkpoint,
+)
 
 __all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS"]
 
@@ -45,6 +50,22 @@ class ListwiseRetrievalMixin:
             tau=cfg.tau, kernel=cfg.kernel, relevance_topk=cfg.relevance_topk
         )
         self._caption_embeddings: Tensor | None = None
+
+    @classmethod
+    def build_from_config(cls, cfg, **model_kwargs):
+        """What the LAVIS ``from_config`` methods do, plus ``model.listwise`` / ``model.tokenizer``: the
+        encoders from ``cfg`` (``vit_type: custom``, ``text_config``), the model with the
+        architecture's own ``model_kwargs``, then the configured checkpoint."""
+        image_encoder = build_vision_encoder(cfg)
+        model = cls(
+            image_encoder=image_encoder,
+            text_encoder=build_text_encoder(cfg, image_encoder.vision_width),
+            listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
+            tokenizer=cfg.get("tokenizer"),
+            **model_kwargs,
+        )
+        load_configured_checkpoint(model, cfg)
+        return model
 
     @classmethod
     def default_config_path(cls, model_type: str) -> str:
