@@ -72,7 +72,8 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
     return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
 
 
-def _write_results(runner, logs: dict | None, name: str) -> None:
+def _report_results(runner, logs: dict | None, name: str) -> None:
+    """On the main process: the results as JSON in ``output_dir/name``, and as a table on stdout."""
     from lavis.common.dist_utils import is_main_process
 
     if not logs or not is_main_process():
@@ -80,6 +81,7 @@ def _write_results(runner, logs: dict | None, name: str) -> None:
     path = Path(runner.output_dir) / name
     path.write_text(json.dumps(logs, indent=2, default=float) + "\n")
     logging.info("results written to %s", path)
+    print(format_results_table(logs), flush=True)
 
 
 def format_results_table(logs: dict) -> str:
@@ -115,21 +117,12 @@ def format_results_table(logs: dict) -> str:
 def train(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
     logs = runner.train()
-    _write_results(runner, logs, "test_results.json")
-    _print_table(logs)
+    _report_results(runner, logs, "test_results.json")
     return logs
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
     logs = runner.evaluate(skip_reload=True)
-    _write_results(runner, logs, "evaluate_results.json")
-    _print_table(logs)
+    _report_results(runner, logs, "evaluate_results.json")
     return logs
-
-
-def _print_table(logs: dict | None) -> None:
-    from lavis.common.dist_utils import is_main_process
-
-    if logs and is_main_process():
-        print(format_results_table(logs), flush=True)
