@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .metrics import _row_chunks  # the same row chunking as the other ranking metrics
+
 if TYPE_CHECKING:
     from eccv_caption import Metrics
 
@@ -59,8 +61,6 @@ ECCV_CAPTION_METRIC_KEYS = (
 )
 
 _CXC_KS = (1, 5, 10)
-#: Score elements (rows x candidates) converted and top-k'd at once: a 64 MB float32 block.
-_CHUNK_ELEMENTS = 1 << 24
 _DIRECTIONS = {"i2t": "txt", "t2i": "img"}
 _TRAILING_DIGITS = re.compile(r"(\d+)\.[A-Za-z0-9]+$")
 
@@ -250,9 +250,8 @@ def _ranked_ids(scores: torch.Tensor, ids: np.ndarray, k: int, name: str) -> lis
     # of a full argsort of e.g. 25,000 x 5,000 scores. Ties are broken however topk breaks them; LAVIS's
     # -100 fill outside its k_test re-ranked candidates only ties below rank k_test (256 in BLIP's COCO
     # configs), so it does not matter while k_test >= k.
-    step = max(1, _CHUNK_ELEMENTS // max(1, scores.shape[1]))
-    for start in range(0, scores.shape[0], step):
-        chunk = scores[start : start + step]
+    for rows in _row_chunks(*scores.shape):
+        chunk = scores[rows]
         if chunk.dtype not in (torch.float32, torch.float64):  # half / bfloat16 / int: topk in float32
             chunk = chunk.float()
         if torch.isnan(chunk).any():
