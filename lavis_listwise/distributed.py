@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import socket
 
@@ -12,11 +13,45 @@ import torch.distributed as dist
 from lavis.models.base_model import all_gather_with_grad, concat_all_gather
 from torch import Tensor
 
-__all__ = ["gather_with_grad", "gather_no_grad", "init_distributed", "is_launched_distributed"]
+__all__ = [
+    "gather_no_grad",
+    "gather_shards",
+    "gather_with_grad",
+    "init_distributed",
+    "is_launched_distributed",
+    "rank_and_world",
+    "shard_range",
+]
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)``; ``(0, 1)`` without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous share ``[start, end)`` of ``n`` items for ``rank`` (the last shards may be shorter)."""
+    step = math.ceil(n / world)
+    return min(n, rank * step), min(n, (rank + 1) * step)
+
+
+def gather_shards(x: Tensor, n_total: int) -> Tensor:
+    """Concatenate each rank's :func:`shard_range` of ``n_total`` rows, without gradient. Unlike
+    :func:`gather_no_grad`, shards may differ in length."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return x
+    step = math.ceil(n_total / world)
+    padded = x.new_zeros((step,) + tuple(x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    ranges = (shard_range(n_total, r, world) for r in range(world))
+    return torch.cat([p[: e - s] for p, (s, e) in zip(parts, ranges)])
 
 
 def gather_with_grad(tensor: Tensor) -> Tensor:
@@ -25,12 +60,12 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     LAVIS's ``all_gather_with_grad`` sums the gradient of every rank's copy into the local slice, so
     with DDP's gradient averaging the result equals one process holding the global batch.
     """
-    return all_gather_with_grad(tensor) if _world_size() > 1 else tensor
+    return all_gather_with_grad(tensor) if rank_and_world()[1] > 1 else tensor
 
 
 def gather_no_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, without gradient."""
-    return concat_all_gather(tensor) if _world_size() > 1 else tensor
+    return concat_all_gather(tensor) if rank_and_world()[1] > 1 else tensor
 
 
 def is_launched_distributed() -> bool:

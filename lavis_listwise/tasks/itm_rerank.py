@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import BatchEncoding
 
+from ..distributed import gather_shards, rank_and_world, shard_range
+
 __all__ = [
     "DEFAULT_MAX_PAIRS",
     "LAVIS_EVAL_MAX_TXT_LEN",
@@ -59,33 +61,6 @@ LAVIS_EVAL_MAX_TXT_LEN = 35
 _TEXT_BATCH = 256
 #: Default pairs per ITM forward: cache-sized on CPU (measured: 256 is fastest), large on GPUs.
 DEFAULT_MAX_PAIRS = {"cpu": 256, "cuda": 4096}
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Contiguous share ``[start, end)`` of ``n`` items for ``rank``."""
-    step = math.ceil(n / world)
-    return min(n, rank * step), min(n, (rank + 1) * step)
-
-
-def _all_gather_rows(x: Tensor, n_total: int) -> Tensor:
-    """Concatenate each rank's contiguous :func:`_shard` of rows (shards may differ in length)."""
-    rank, world = _dist_info()
-    if world == 1:
-        return x
-    step = math.ceil(n_total / world)
-    padded = x.new_zeros((step,) + tuple(x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat(
-        [p[: e - s] for p, (s, e) in zip(parts, (_shard(n_total, r, world) for r in range(world)))]
-    )
 
 
 def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
@@ -183,7 +158,7 @@ def encode_retrieval_features(
             memory), ``device`` or ``cpu``.
     """
     device = model.device
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     dataset = data_loader.dataset
     texts, n_img = list(dataset.text), len(dataset.image)
     n_txt = len(texts)
@@ -199,7 +174,7 @@ def encode_retrieval_features(
     # The ITC pass pads to 35 as LAVIS does (same features, so the same candidates); what the ITM
     # pass keeps is cut to the longest caption of the split.
     longest = int(tok.attention_mask.sum(1).max())
-    t0, t1 = _shard(n_txt, rank, world)
+    t0, t1 = shard_range(n_txt, rank, world)
     text_embeds, text_states = [], []
     with _autocast(device, amp):
         for s in range(t0, t1, _TEXT_BATCH):
@@ -209,18 +184,18 @@ def encode_retrieval_features(
             if keep_states:
                 text_states.append(out.last_hidden_state[:, :longest])
     embed_dim = model.text_proj.out_features
-    text_embeds = _all_gather_rows(_cat_or_empty(text_embeds, (0, embed_dim), device), n_txt)
+    text_embeds = gather_shards(_cat_or_empty(text_embeds, (0, embed_dim), device), n_txt)
     states = None
     if keep_states:
         hidden = text_encoder.config.hidden_size
-        states = _all_gather_rows(_cat_or_empty(text_states, (0, longest, hidden), device), n_txt)
+        states = gather_shards(_cat_or_empty(text_states, (0, longest, hidden), device), n_txt)
 
     ids = tok.input_ids[:, :longest].clone()
     if hasattr(model.tokenizer, "enc_token_id"):  # BLIP's ITM input starts with [ENC], as in LAVIS
         ids[:, 0] = model.tokenizer.enc_token_id
 
     # Images: this rank's share only.
-    i0, i1 = _shard(n_img, rank, world)
+    i0, i1 = shard_range(n_img, rank, world)
     feats, image_embeds = None, []
     filled = 0
     with _autocast(device, amp):
@@ -239,7 +214,7 @@ def encode_retrieval_features(
             filled += len(feat)
     if feats is None:  # a rank with no images
         feats = torch.empty((0, 1, model.vision_proj.in_features), device=device)
-    image_embeds = _all_gather_rows(_cat_or_empty(image_embeds, (0, embed_dim), device), n_img)
+    image_embeds = gather_shards(_cat_or_empty(image_embeds, (0, embed_dim), device), n_img)
 
     sims = image_embeds @ text_embeds.t()
     return RetrievalFeatures(
@@ -474,7 +449,7 @@ def itm_pair_scores(
             scores[flat.to(device)] = logits.float()
             bar.update(len(rows))
     bar.close()
-    if _dist_info()[1] > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(scores)  # each pair was scored by exactly one rank, zeros elsewhere
     return scores.cpu()
 
