@@ -24,8 +24,6 @@ __all__ = [
 ]
 
 
-
-
 def rank_and_world() -> tuple[int, int]:
     """``(rank, world size)``; ``(0, 1)`` without a process group."""
     if dist.is_available() and dist.is_initialized():
