@@ -1,5 +1,5 @@
-"""One check shared by the compiled and Triton kernel tests: a kernel's loss and gradient against
-the chunked path (the Triton one runs it in a child process under TRITON_INTERPRET=1)."""
+"""Checks shared by the compiled and Triton kernel tests: a kernel's internals, loss and gradient
+against the chunked path (the Triton ones run in a child process under TRITON_INTERPRET=1)."""
 
 import torch
 
@@ -13,6 +13,7 @@ def assert_kernel_matches_chunked(kernel: str, dtype: torch.dtype, q: int, n: in
     scores = (torch.randn(q, n, generator=g) * 0.05).to(dtype)
     rel = torch.rand(q, n, generator=g)
     rel[0] = 0
+    scores[1::3] *= 40  # rows too wide for the exponent factors take the direct path
     a, b = scores.clone().requires_grad_(), scores.clone().requires_grad_()
     w = torch.randn(q, generator=g)
     la = smooth_ndcg_loss(a, rel, 0.01, "none", kernel="torch")
@@ -23,3 +24,31 @@ def assert_kernel_matches_chunked(kernel: str, dtype: torch.dtype, q: int, n: in
     scale = a.grad.float().abs().max().item()
     rtol = 1e-5 if dtype == torch.float32 else 2**-7
     torch.testing.assert_close(b.grad.float(), a.grad.float(), rtol=rtol, atol=rtol * scale)
+
+
+def assert_internals_match_chunked(ranks_fn, rank_backward_fn) -> None:
+    """fp32 ranks and closed-form gradient of a kernel against the chunked path, on rows that factor,
+    rows at the factor limit (products overflow), rows too wide to factor, and ragged N (padding
+    columns must count 0)."""
+    from lavis_listwise.losses.exp_factors import FACTOR_LIMIT
+    from lavis_listwise.losses.smooth_ndcg import _rank_backward, smoothed_ranks
+
+    g = torch.Generator().manual_seed(3)
+    limit = FACTOR_LIMIT[torch.float32]
+    for q, n, wide in [
+        (9, 200, "mixed"),
+        (2, 1, "none"),
+        (5, 64, "all"),
+        (3, 129, "mixed"),
+        (4, 300, "none"),
+    ]:
+        x = (torch.randn(q, n, generator=g) * 5).bfloat16().float()
+        if wide in ("mixed", "all"):
+            rows = slice(1, None, 2) if wide == "mixed" else slice(None)
+            x[rows] = torch.empty_like(x[rows]).uniform_(-1.3 * limit, 1.3 * limit, generator=g)
+        if n > 1:
+            x[0, 0], x[0, -1] = -limit, limit  # exactly at the limit: factors e^+-80, products overflow
+        grad_rank = torch.randn(q, n, generator=g)
+        torch.testing.assert_close(ranks_fn(x), smoothed_ranks(x), rtol=1e-5, atol=1e-5)
+        ours, ref = rank_backward_fn(x, grad_rank), _rank_backward(x, grad_rank, 64, 1 << 16)
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1e-30))

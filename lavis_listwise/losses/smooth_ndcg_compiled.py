@@ -1,9 +1,12 @@
 """Smooth-NDCG's rank and rank-gradient as fused reductions compiled by ``torch.compile``.
 
-Each is one broadcast-and-reduce expression over ``[Q, N, N]``; Inductor fuses the sigmoid into the
-reduction, so the cube is never stored (memory ``O(Q*N)``), on GPU (Triton) and CPU (C++). The
-gradient uses the symmetry of ``sigma'``: ``d/dx_k sum_i g_i rank_i = sum_i sigma'(x_k - x_i) (g_i - g_k)``,
-a single reduction. Shapes are compiled as dynamic, once per device and dtype, not per batch size.
+Each is one broadcast-and-reduce expression over ``[Q, N, N]``; Inductor fuses the elementwise work
+into the reduction, so the cube is never stored (memory ``O(Q*N)``), on GPU (Triton) and CPU (C++).
+A term is ``sigma(x_j - x_i) = 1 / (1 + u_i v_j)`` with the row's exponent factors (see
+:mod:`.exp_factors`): no exponential per term. Rows too wide to factor use ``sigmoid`` of the
+difference. The gradient uses the symmetry of ``sigma'``:
+``d/dx_k sum_i g_i rank_i = sum_i sigma'(x_k - x_i) (g_i - g_k)``, a single reduction. Shapes are
+compiled as dynamic, once per expression, device and dtype, not per batch size.
 """
 
 from __future__ import annotations
@@ -13,18 +16,29 @@ import warnings
 import torch
 from torch import Tensor
 
+from .exp_factors import by_row_kind, exp_factors
+
 __all__ = ["compiled_ranks", "compiled_rank_backward", "compiled_available"]
 
 _COMPILED: dict[str, object] = {}
 _FAILED: set[str] = set()
 
 
-def _rank_expr(x: Tensor) -> Tensor:
-    # [q, i, j] = sigma(x_j - x_i); the j = i term is sigma(0) = 1/2, so 1 + sum_{j != i} = 1/2 + sum_j
+def _rank_factored(u: Tensor, v: Tensor) -> Tensor:
+    # [q, i, j] = sigma(x_j - x_i) = 1 / (1 + u_i v_j); the j = i term is 1/2: 1 + sum_{j != i} = 1/2 + sum_j
+    return 0.5 + torch.reciprocal(1.0 + u.unsqueeze(2) * v.unsqueeze(1)).sum(dim=2)
+
+
+def _rank_direct(x: Tensor) -> Tensor:
     return 0.5 + torch.sigmoid(x.unsqueeze(1) - x.unsqueeze(2)).sum(dim=2)
 
 
-def _rank_backward_expr(x: Tensor, g: Tensor) -> Tensor:
+def _rank_backward_factored(u: Tensor, v: Tensor, g: Tensor) -> Tensor:
+    s = torch.reciprocal(1.0 + v.unsqueeze(2) * u.unsqueeze(1))  # [q, k, i] = sigma(x_k - x_i)
+    return (s * (1.0 - s) * (g.unsqueeze(1) - g.unsqueeze(2))).sum(dim=2)
+
+
+def _rank_backward_direct(x: Tensor, g: Tensor) -> Tensor:
     s = torch.sigmoid(x.unsqueeze(2) - x.unsqueeze(1))  # [q, k, i] = sigma(x_k - x_i)
     return (s * (1.0 - s) * (g.unsqueeze(1) - g.unsqueeze(2))).sum(dim=2)
 
@@ -45,23 +59,37 @@ def _call(name: str, fn, *args: Tensor) -> Tensor | None:
     if device in _FAILED:
         return None
     try:
-        return _get(name, fn)(*args)
+        return _get(name, fn)(*(a.contiguous() for a in args))
     except Exception as err:  # any backend failure: fall back, warn once per device type
         _FAILED.add(device)
         warnings.warn(
             f"torch.compile of the Smooth-NDCG kernel failed on {device} ({type(err).__name__}: {err}); "
             "using the chunked PyTorch path (listwise.kernel: torch) from now on",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
 
 
 def compiled_ranks(scaled_scores: Tensor) -> Tensor | None:
-    """``[Q, N]`` smoothed ranks, or ``None`` if compilation failed on this device."""
-    return _call("rank", _rank_expr, scaled_scores.contiguous())
+    """``[Q, N]`` smoothed ranks of ``[Q, N]`` scores / tau, or ``None`` if compilation failed."""
+    x = scaled_scores
+    u, v, safe = exp_factors(x)
+    return by_row_kind(
+        safe,
+        lambda rows: _call("rank", _rank_factored, u[rows], v[rows]),
+        lambda rows: _call("rank_direct", _rank_direct, x[rows]),
+        like=x,
+    )
 
 
 def compiled_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores, or ``None`` if compilation failed."""
-    return _call("rank_backward", _rank_backward_expr, scaled_scores.contiguous(), grad_rank.contiguous())
+    x, g = scaled_scores, grad_rank
+    u, v, safe = exp_factors(x)
+    return by_row_kind(
+        safe,
+        lambda rows: _call("rank_backward", _rank_backward_factored, u[rows], v[rows], g[rows]),
+        lambda rows: _call("rank_backward_direct", _rank_backward_direct, x[rows], g[rows]),
+        like=x,
+    )

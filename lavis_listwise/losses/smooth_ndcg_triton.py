@@ -6,9 +6,10 @@ registers, so nothing larger than ``[Q, N]`` is ever stored:
     rank_qi  = 1/2 + sum_j sigma(x_qj - x_qi)                        (the j = i term is 1/2)
     grad_qk  = sum_i P_qki g_qi - g_qk sum_i P_qki,   P = sigma'(x_qk - x_qi) = sigma (1 - sigma)
 
-The sigmoid is ``1 / (1 + 2^(-d log2 e))``: one ``exp2``, one reciprocal and a few FP32 operations
-per term; the difference ``d`` is taken before scaling, as the chunked path rounds it. Padding
-columns load ``-inf``, which makes their terms exactly 0 (no masks in the inner loop). fp32 in, fp32
+Each term is ``1 / (1 + e)`` with ``e = e^(x_i - x_j)``: for rows that factor (:mod:`.exp_factors`)
+``e = u_i v_j``, one multiply and one reciprocal, no exponential; for wider rows ``e`` is one ``exp2``
+of the difference, taken before scaling as the chunked path rounds it. Padding columns load a value
+that makes ``e = inf`` and their terms exactly 0 (no masks in the inner loop). fp32 in, fp32
 accumulation; results match the chunked path's formulas, not its summation order.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors
@@ -22,6 +23,8 @@ import warnings
 
 import torch
 from torch import Tensor
+
+from .exp_factors import by_row_kind, exp_factors
 
 __all__ = ["triton_available", "triton_rank_backward", "triton_ranks"]
 
@@ -41,37 +44,48 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if triton is not None:
 
     @triton.jit
-    def _rank_kernel(x_ptr, out_ptr, n, stride, n_blocks, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    def _exp_diff(own, stream, FACTORED: tl.constexpr):
+        """``[I, J]`` values of ``e^(a_i - b_j)``: ``own_i * stream_j`` for exponent factors, else
+        ``2^((own_i - stream_j) log2 e)``."""
+        if FACTORED:
+            return own[:, None] * stream[None, :]
+        return tl.exp2((own[:, None] - stream[None, :]) * 1.4426950408889634)
+
+    @triton.jit
+    def _rank_kernel(
+        own_ptr, stream_ptr, out_ptr, n, stride, n_blocks,
+        BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, FACTORED: tl.constexpr, PAD: tl.constexpr,
+    ):  # fmt: skip
         pid = tl.program_id(0)
         q, block = pid // n_blocks, pid % n_blocks
-        row = x_ptr + q * stride
         offs_i = block * BLOCK_I + tl.arange(0, BLOCK_I)
-        xi = tl.load(row + offs_i, mask=offs_i < n, other=0.0)
+        own = tl.load(own_ptr + q * stride + offs_i, mask=offs_i < n, other=1.0)
         acc = tl.zeros([BLOCK_I], dtype=tl.float32)
         for j0 in range(0, n, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)
-            xj = tl.load(row + offs_j, mask=offs_j < n, other=float("-inf"))
-            # sigma(x_j - x_i) = 1 / (1 + 2^(log2e (x_i - x_j))); a -inf column gives exactly 0
-            acc += tl.sum(1.0 / (1.0 + tl.exp2((xi[:, None] - xj[None, :]) * 1.4426950408889634)), axis=1)
+            stream = tl.load(stream_ptr + q * stride + offs_j, mask=offs_j < n, other=PAD)
+            # sigma(x_j - x_i) = 1 / (1 + e^(x_i - x_j)); a padding column gives e = inf, exactly 0
+            acc += tl.sum(1.0 / (1.0 + _exp_diff(own, stream, FACTORED)), axis=1)
         tl.store(out_ptr + q * stride + offs_i, 0.5 + acc, mask=offs_i < n)
 
     @triton.jit
     def _rank_backward_kernel(
-        x_ptr, g_ptr, out_ptr, n, stride, n_blocks, BLOCK_K: tl.constexpr, BLOCK_I: tl.constexpr
-    ):
+        own_ptr, stream_ptr, g_ptr, out_ptr, n, stride, n_blocks,
+        BLOCK_K: tl.constexpr, BLOCK_I: tl.constexpr, FACTORED: tl.constexpr, PAD: tl.constexpr,
+    ):  # fmt: skip
         pid = tl.program_id(0)
         q, block = pid // n_blocks, pid % n_blocks
         offs_k = block * BLOCK_K + tl.arange(0, BLOCK_K)
-        xk = tl.load(x_ptr + q * stride + offs_k, mask=offs_k < n, other=0.0)
+        own = tl.load(own_ptr + q * stride + offs_k, mask=offs_k < n, other=1.0)
         gk = tl.load(g_ptr + q * stride + offs_k, mask=offs_k < n, other=0.0)
         weighted = tl.zeros([BLOCK_K], dtype=tl.float32)
         total = tl.zeros([BLOCK_K], dtype=tl.float32)
         for i0 in range(0, n, BLOCK_I):
             offs_i = i0 + tl.arange(0, BLOCK_I)
-            # a -inf padding column: sigma(+inf) = 1, so sigma' = 0 exactly
-            xi = tl.load(x_ptr + q * stride + offs_i, mask=offs_i < n, other=float("-inf"))
+            stream = tl.load(stream_ptr + q * stride + offs_i, mask=offs_i < n, other=PAD)
             gi = tl.load(g_ptr + q * stride + offs_i, mask=offs_i < n, other=0.0)
-            s = 1.0 / (1.0 + tl.exp2((xi[None, :] - xk[:, None]) * 1.4426950408889634))  # sigma(x_k - x_i)
+            # sigma(x_k - x_i) = 1 / (1 + e^(x_i - x_k)); a padding column gives s = 0, so sigma' = 0
+            s = 1.0 / (1.0 + _exp_diff(own, stream, FACTORED))
             p = s - s * s
             weighted += tl.sum(p * gi[None, :], axis=1)
             total += tl.sum(p, axis=1)
@@ -85,19 +99,25 @@ def triton_available(device: torch.device) -> bool:
     return device.type == "cuda" or (_INTERPRET and device.type == "cpu")
 
 
-def _launch(name: str, kernel, out: Tensor, *tensors: Tensor, block: int) -> Tensor | None:
+def _launch(name: str, kernel, *tensors: Tensor, factored: bool) -> Tensor | None:
+    """Runs ``kernel(own, stream, [g,] out, ...)`` over ``[q, n]`` rows; ``None`` if it failed."""
+    out = torch.empty_like(tensors[0])
     device = out.device.type
     q, n = out.shape
-    n_blocks = triton.cdiv(n, block)
+    n_blocks = triton.cdiv(n, _BLOCK_ITEMS)
+    # padding columns must give e^(a_i - b_j) = inf: b = +inf for factors, -inf for differences
+    pad = float("inf") if factored else float("-inf")
     try:
-        kernel[(q * n_blocks,)](*tensors, out, n, out.stride(0), n_blocks, block, _BLOCK_STREAM)
+        kernel[(q * n_blocks,)](
+            *tensors, out, n, out.stride(0), n_blocks, _BLOCK_ITEMS, _BLOCK_STREAM, factored, pad
+        )
     except Exception as err:  # a compiler/driver failure: fall back, warn once per device type
         _FAILED.add(device)
         warnings.warn(
             f"the Triton Smooth-NDCG {name} kernel failed on {device} ({type(err).__name__}: {err}); "
             "using the chunked PyTorch path (listwise.kernel: torch) from now on",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
     return out
@@ -114,10 +134,41 @@ def _as_fp32(x: Tensor) -> Tensor:
 def triton_ranks(scaled_scores: Tensor) -> Tensor | None:
     """``[Q, N]`` smoothed ranks of fp32 ``scaled_scores`` (scores / tau); ``None`` if the kernel failed."""
     x = _as_fp32(scaled_scores)
-    return _launch("rank", _rank_kernel, torch.empty_like(x), x, block=_BLOCK_ITEMS)
+    u, v, safe = exp_factors(x)
+    return by_row_kind(
+        safe,
+        lambda rows: _launch("rank", _rank_kernel, _rows(u, rows), _rows(v, rows), factored=True),
+        lambda rows: _launch("rank", _rank_kernel, _rows(x, rows), _rows(x, rows), factored=False),
+        like=x,
+    )
 
 
 def triton_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores; ``None`` if the kernel failed."""
     x, g = _as_fp32(scaled_scores), _as_fp32(grad_rank)
-    return _launch("rank backward", _rank_backward_kernel, torch.empty_like(x), x, g, block=_BLOCK_ITEMS)
+    u, v, safe = exp_factors(x)
+    neg_x = x.neg()  # the own/stream roles are swapped: e^(x_i - x_k) = v_k u_i = 2^((-x_k + x_i) log2 e)
+    return by_row_kind(
+        safe,
+        lambda rows: _launch(
+            "rank backward",
+            _rank_backward_kernel,
+            _rows(v, rows),
+            _rows(u, rows),
+            _rows(g, rows),
+            factored=True,
+        ),
+        lambda rows: _launch(
+            "rank backward",
+            _rank_backward_kernel,
+            _rows(neg_x, rows),
+            _rows(neg_x, rows),
+            _rows(g, rows),
+            factored=False,
+        ),
+        like=x,
+    )
+
+
+def _rows(t: Tensor, rows) -> Tensor:
+    return t[rows].contiguous()
