@@ -232,3 +232,17 @@ def test_by_row_kind_routes_rows_and_propagates_failure():
     assert by_row_kind(safe, lambda r: like[r] + 1, lambda r: None, like) is None
     assert by_row_kind(torch.ones(5, dtype=torch.bool), lambda r: like[r] + 1, None, like).sum() == 15
     assert by_row_kind(torch.zeros(5, dtype=torch.bool), None, lambda r: like[r] + 2, like).sum() == 30
+
+
+def test_ideal_dcg_ties_share_the_best_rank():
+    """Sorted-order IDCG against the definition ``rank*_i = 1 + #{j : r_j > r_i}``, counted pairwise."""
+    from lavis_listwise.losses.smooth_ndcg import ideal_dcg
+
+    g = torch.Generator().manual_seed(11)
+    relevance = (torch.rand(6, 57, generator=g, dtype=torch.float64) * 4).round() / 4  # many ties
+    relevance[1] = 0.5  # one tie group
+    relevance[2, :3] = 0.0
+    gains = torch.expm1(relevance * math.log(2))
+    greater = (relevance.unsqueeze(1) > relevance.unsqueeze(2)).sum(dim=2)  # [q, i] = #{j : r_j > r_i}
+    expected = (gains / torch.log2(2.0 + greater.double())).sum(dim=1)
+    torch.testing.assert_close(ideal_dcg(gains, relevance), expected, rtol=1e-12, atol=0)

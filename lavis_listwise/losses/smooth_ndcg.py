@@ -127,10 +127,13 @@ def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
     Returns:
         ``[Q]`` ideal DCG.
     """
-    n = relevance.shape[1]
-    ascending = relevance.sort(dim=1).values.contiguous()
-    greater = n - torch.searchsorted(ascending, relevance.contiguous(), right=True)
-    return (gains / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
+    descending, order = relevance.sort(dim=1, descending=True)
+    position = torch.arange(relevance.shape[1], device=relevance.device).expand_as(descending)
+    starts_group = torch.ones_like(descending, dtype=torch.bool)
+    starts_group[:, 1:] = descending[:, 1:] != descending[:, :-1]
+    # items greater than the one at a sorted position = the position where its tie group starts
+    greater = torch.where(starts_group, position, 0).cummax(dim=1).values
+    return (gains.gather(1, order) / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
 
 
 KERNELS = ("auto", "torch", "compiled", "triton")
