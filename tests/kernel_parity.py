@@ -30,11 +30,11 @@ def assert_internals_match_chunked(ranks_fn, rank_backward_fn) -> None:
     """fp32 ranks and closed-form gradient of a kernel against the chunked path, on rows that factor,
     rows at the factor limit (products overflow), rows too wide to factor, and ragged N (padding
     columns must count 0)."""
-    from lavis_listwise.losses.exp_factors import FACTOR_LIMIT
+    from lavis_listwise.losses.centred_exp import CENTRED_EXP_LIMIT
     from lavis_listwise.losses.smooth_ndcg import _rank_backward, smoothed_ranks
 
     g = torch.Generator().manual_seed(3)
-    limit = FACTOR_LIMIT[torch.float32]
+    limit = CENTRED_EXP_LIMIT[torch.float32]
     for q, n, wide in [
         (9, 200, "mixed"),
         (2, 1, "none"),

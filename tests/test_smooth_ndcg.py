@@ -196,34 +196,31 @@ def test_relevance_topk_gradcheck_and_errors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_exp_factors_reproduce_the_exponent_and_mark_wide_rows(dtype):
-    from lavis_listwise.losses.exp_factors import FACTOR_LIMIT, exp_factors
+def test_centred_exp_gives_the_sigmoid_and_marks_wide_rows(dtype):
+    from lavis_listwise.losses.centred_exp import CENTRED_EXP_LIMIT, centred_exp
 
-    limit = FACTOR_LIMIT[dtype]
+    limit = CENTRED_EXP_LIMIT[dtype]
     g = torch.Generator().manual_seed(5)
     x = (torch.randn(4, 50, generator=g, dtype=torch.float64) * 10).to(dtype)
     x[1, :2] = torch.tensor([-limit, limit], dtype=dtype)  # half range exactly at the limit
     x[2, :2] = torch.tensor([-limit, limit * 1.001], dtype=dtype)  # just past it
-    u, v, safe = exp_factors(x)
+    u, v, safe = centred_exp(x)
     assert safe.tolist() == [True, True, False, True]
-    assert bool(torch.isfinite(u[safe]).all() and (u[safe] > 0).all() and (v[safe] > 0).all())
     rows = torch.tensor([0, 1, 3])
+    u, v = u[rows], v[rows]
+    for factor in (u, v):
+        assert bool(torch.isfinite(factor).all() and (factor >= torch.finfo(dtype).tiny).all())
+    ours = torch.reciprocal(1 + u.unsqueeze(2) * v.unsqueeze(1))  # [q, i, j] = sigma(x_j - x_i)
     d = x[rows].double()
-    exact = torch.exp(d.unsqueeze(2) - d.unsqueeze(1))  # e^(x_i - x_j)
-    product = u[rows].double().unsqueeze(2) * v[rows].double().unsqueeze(1)
-    # rounding x - c costs each exponent half an ulp of |x - c|, each exp and the product ~1 ulp
+    exact = torch.sigmoid(d.unsqueeze(1) - d.unsqueeze(2))
+    # rounding x - c costs each exponent half an ulp of |x - c|; exps, product, reciprocal a few ulp
     centred = (d - (d.amax(1, keepdim=True) + d.amin(1, keepdim=True)) / 2).abs()
-    bound = torch.finfo(dtype).eps * (centred.unsqueeze(2) + centred.unsqueeze(1) + 4)
-    normal = torch.isfinite(exact) & (exact > torch.finfo(torch.float64).tiny)  # e^+-1400 leaves fp64
-    assert bool(((product - exact).abs() <= bound * exact)[normal].all())
-    overflow = torch.isinf(exact)
-    assert bool(torch.isinf(product[overflow]).all())  # saturates like the exact value
-    tiny = ~normal & ~overflow
-    assert bool(((product - exact).abs()[tiny] <= torch.finfo(torch.float64).tiny).all())
+    bound = torch.finfo(dtype).eps * (centred.unsqueeze(2) + centred.unsqueeze(1) + 4) * exact
+    assert bool(((ours.double() - exact).abs() <= bound + torch.finfo(dtype).tiny).all())
 
 
 def test_by_row_kind_routes_rows_and_propagates_failure():
-    from lavis_listwise.losses.exp_factors import by_row_kind
+    from lavis_listwise.losses.centred_exp import by_row_kind
 
     like = torch.zeros(5, 3)
     safe = torch.tensor([True, False, True, False, False])

@@ -2,8 +2,8 @@
 
 Each is one broadcast-and-reduce expression over ``[Q, N, N]``; Inductor fuses the elementwise work
 into the reduction, so the cube is never stored (memory ``O(Q*N)``), on GPU (Triton) and CPU (C++).
-A term is ``sigma(x_j - x_i) = 1 / (1 + u_i v_j)`` with the row's exponent factors (see
-:mod:`.exp_factors`): no exponential per term. Rows too wide to factor use ``sigmoid`` of the
+A term is ``sigma(x_j - x_i) = 1 / (1 + u_i v_j)`` with the row's centred exponentials (see
+:mod:`.centred_exp`): no exponential per term. Rows too wide for them use ``sigmoid`` of the
 difference. The gradient uses the symmetry of ``sigma'``:
 ``d/dx_k sum_i g_i rank_i = sum_i sigma'(x_k - x_i) (g_i - g_k)``, a single reduction. Shapes are
 compiled as dynamic, once per expression, device and dtype, not per batch size.
@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .exp_factors import by_row_kind, exp_factors
+from .centred_exp import by_row_kind, centred_exp
 
 __all__ = ["compiled_ranks", "compiled_rank_backward", "compiled_available"]
 
@@ -45,7 +45,11 @@ def _rank_backward_direct(x: Tensor, g: Tensor) -> Tensor:
 
 def _get(name: str, fn):
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+        # cpp.dynamic_threads: on CPU, Inductor sizes OpenMP parallelism from the shape it first compiles
+        # for; compiled on a small batch, the dynamic kernel would stay single-threaded at every size
+        _COMPILED[name] = torch.compile(
+            fn, dynamic=True, fullgraph=True, options={"cpp.dynamic_threads": True}
+        )
     return _COMPILED[name]
 
 
@@ -74,7 +78,7 @@ def _call(name: str, fn, *args: Tensor) -> Tensor | None:
 def compiled_ranks(scaled_scores: Tensor) -> Tensor | None:
     """``[Q, N]`` smoothed ranks of ``[Q, N]`` scores / tau, or ``None`` if compilation failed."""
     x = scaled_scores
-    u, v, safe = exp_factors(x)
+    u, v, safe = centred_exp(x)
     return by_row_kind(
         safe,
         lambda rows: _call("rank", _rank_factored, u[rows], v[rows]),
@@ -86,7 +90,7 @@ def compiled_ranks(scaled_scores: Tensor) -> Tensor | None:
 def compiled_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores, or ``None`` if compilation failed."""
     x, g = scaled_scores, grad_rank
-    u, v, safe = exp_factors(x)
+    u, v, safe = centred_exp(x)
     return by_row_kind(
         safe,
         lambda rows: _call("rank_backward", _rank_backward_factored, u[rows], v[rows], g[rows]),

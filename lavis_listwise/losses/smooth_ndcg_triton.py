@@ -6,11 +6,12 @@ registers, so nothing larger than ``[Q, N]`` is ever stored:
     rank_qi  = 1/2 + sum_j sigma(x_qj - x_qi)                        (the j = i term is 1/2)
     grad_qk  = sum_i P_qki g_qi - g_qk sum_i P_qki,   P = sigma'(x_qk - x_qi) = sigma (1 - sigma)
 
-Each term is ``1 / (1 + e)`` with ``e = e^(x_i - x_j)``: for rows that factor (:mod:`.exp_factors`)
-``e = u_i v_j``, one multiply and one reciprocal, no exponential; for wider rows ``e`` is one ``exp2``
-of the difference, taken before scaling as the chunked path rounds it. Padding columns load a value
-that makes ``e = inf`` and their terms exactly 0 (no masks in the inner loop). fp32 in, fp32
-accumulation; results match the chunked path's formulas, not its summation order.
+Each term is ``t = sigma(x_j - x_i)`` (the gradient needs ``sigma' = t - t^2``, the same for both
+orders). For rows the centred exponentials cover (:mod:`.centred_exp`) ``t = 1 / (1 + u_i v_j)``: a
+multiply and a reciprocal, no exponential; for wider rows ``t = 1 / (1 + 2^((x_i - x_j) log2 e))``,
+the difference taken before scaling as the chunked path rounds it. Padding columns load a value
+that makes ``t`` exactly 0 (no masks in the inner loop). fp32 in, fp32 accumulation; results match
+the chunked path's formulas, not its summation order.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors
 through Triton's interpreter, which is how CI tests them.
@@ -24,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .exp_factors import by_row_kind, exp_factors
+from .centred_exp import by_row_kind, centred_exp
 
 __all__ = ["triton_available", "triton_rank_backward", "triton_ranks"]
 
@@ -44,12 +45,12 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if triton is not None:
 
     @triton.jit
-    def _exp_diff(own, stream, FACTORED: tl.constexpr):
-        """``[I, J]`` values of ``e^(a_i - b_j)``: ``own_i * stream_j`` for exponent factors, else
-        ``2^((own_i - stream_j) log2 e)``."""
+    def _sigmoid_of_difference(own, stream, FACTORED: tl.constexpr):
+        """``[I, J]`` values of ``sigma(x_j - x_i)`` from ``[I]`` own and ``[J]`` streamed items:
+        ``1 / (1 + u_i v_j)`` from centred exponentials, or from scaled scores ``x_i``, ``x_j``."""
         if FACTORED:
-            return own[:, None] * stream[None, :]
-        return tl.exp2((own[:, None] - stream[None, :]) * 1.4426950408889634)
+            return 1.0 / (1.0 + own[:, None] * stream[None, :])
+        return 1.0 / (1.0 + tl.exp2((own[:, None] - stream[None, :]) * 1.4426950408889634))
 
     @triton.jit
     def _rank_kernel(
@@ -63,9 +64,8 @@ if triton is not None:
         acc = tl.zeros([BLOCK_I], dtype=tl.float32)
         for j0 in range(0, n, BLOCK_J):
             offs_j = j0 + tl.arange(0, BLOCK_J)
-            stream = tl.load(stream_ptr + q * stride + offs_j, mask=offs_j < n, other=PAD)
-            # sigma(x_j - x_i) = 1 / (1 + e^(x_i - x_j)); a padding column gives e = inf, exactly 0
-            acc += tl.sum(1.0 / (1.0 + _exp_diff(own, stream, FACTORED)), axis=1)
+            stream = tl.load(stream_ptr + q * stride + offs_j, mask=offs_j < n, other=PAD)  # adds exactly 0
+            acc += tl.sum(_sigmoid_of_difference(own, stream, FACTORED), axis=1)
         tl.store(out_ptr + q * stride + offs_i, 0.5 + acc, mask=offs_i < n)
 
     @triton.jit
@@ -84,9 +84,8 @@ if triton is not None:
             offs_i = i0 + tl.arange(0, BLOCK_I)
             stream = tl.load(stream_ptr + q * stride + offs_i, mask=offs_i < n, other=PAD)
             gi = tl.load(g_ptr + q * stride + offs_i, mask=offs_i < n, other=0.0)
-            # sigma(x_k - x_i) = 1 / (1 + e^(x_i - x_k)); a padding column gives s = 0, so sigma' = 0
-            s = 1.0 / (1.0 + _exp_diff(own, stream, FACTORED))
-            p = s - s * s
+            t = _sigmoid_of_difference(own, stream, FACTORED)  # sigma(x_i - x_k); a PAD column gives 0
+            p = t - t * t  # sigma' is even: the same for sigma(x_k - x_i)
             weighted += tl.sum(p * gi[None, :], axis=1)
             total += tl.sum(p, axis=1)
         tl.store(out_ptr + q * stride + offs_k, weighted - gk * total, mask=offs_k < n)
@@ -101,11 +100,12 @@ def triton_available(device: torch.device) -> bool:
 
 def _launch(name: str, kernel, *tensors: Tensor, factored: bool) -> Tensor | None:
     """Runs ``kernel(own, stream, [g,] out, ...)`` over ``[q, n]`` rows; ``None`` if it failed."""
+    tensors = tuple(t.contiguous() for t in tensors)
     out = torch.empty_like(tensors[0])
     device = out.device.type
     q, n = out.shape
     n_blocks = triton.cdiv(n, _BLOCK_ITEMS)
-    # padding columns must give e^(a_i - b_j) = inf: b = +inf for factors, -inf for differences
+    # a padding column must give sigma = 0: v = inf for centred exponentials, x = -inf for scores
     pad = float("inf") if factored else float("-inf")
     try:
         kernel[(q * n_blocks,)](
@@ -134,11 +134,11 @@ def _as_fp32(x: Tensor) -> Tensor:
 def triton_ranks(scaled_scores: Tensor) -> Tensor | None:
     """``[Q, N]`` smoothed ranks of fp32 ``scaled_scores`` (scores / tau); ``None`` if the kernel failed."""
     x = _as_fp32(scaled_scores)
-    u, v, safe = exp_factors(x)
+    u, v, safe = centred_exp(x)
     return by_row_kind(
         safe,
-        lambda rows: _launch("rank", _rank_kernel, _rows(u, rows), _rows(v, rows), factored=True),
-        lambda rows: _launch("rank", _rank_kernel, _rows(x, rows), _rows(x, rows), factored=False),
+        lambda rows: _launch("rank", _rank_kernel, u[rows], v[rows], factored=True),
+        lambda rows: _launch("rank", _rank_kernel, x[rows], x[rows], factored=False),
         like=x,
     )
 
@@ -146,29 +146,11 @@ def triton_ranks(scaled_scores: Tensor) -> Tensor | None:
 def triton_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores; ``None`` if the kernel failed."""
     x, g = _as_fp32(scaled_scores), _as_fp32(grad_rank)
-    u, v, safe = exp_factors(x)
-    neg_x = x.neg()  # the own/stream roles are swapped: e^(x_i - x_k) = v_k u_i = 2^((-x_k + x_i) log2 e)
+    u, v, safe = centred_exp(x)
+    kernel = _rank_backward_kernel
     return by_row_kind(
         safe,
-        lambda rows: _launch(
-            "rank backward",
-            _rank_backward_kernel,
-            _rows(v, rows),
-            _rows(u, rows),
-            _rows(g, rows),
-            factored=True,
-        ),
-        lambda rows: _launch(
-            "rank backward",
-            _rank_backward_kernel,
-            _rows(neg_x, rows),
-            _rows(neg_x, rows),
-            _rows(g, rows),
-            factored=False,
-        ),
+        lambda rows: _launch("rank backward", kernel, u[rows], v[rows], g[rows], factored=True),
+        lambda rows: _launch("rank backward", kernel, x[rows], x[rows], g[rows], factored=False),
         like=x,
     )
-
-
-def _rows(t: Tensor, rows) -> Tensor:
-    return t[rows].contiguous()
