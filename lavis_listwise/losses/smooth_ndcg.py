@@ -116,24 +116,63 @@ def _rank_backward(scaled_scores: Tensor, grad_rank: Tensor, block: int, tile_by
     return grad
 
 
+#: Elements per row chunk of :func:`ideal_dcg` (its sort temporaries take ~30 bytes per element).
+IDCG_CHUNK_ELEMENTS = 1 << 20
+
+
 def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
     """``IDCG_q = sum_i gain_qi / log2(1 + rank*_qi)``, ``rank*_qi = 1 + #{j : r_qj > r_qi}``.
 
-    Ties in relevance share the best rank of their group, as in the paper's formula.
+    Ties in relevance share the best rank of their group, as in the paper's formula. Rows are done
+    in chunks of about :data:`IDCG_CHUNK_ELEMENTS`, so the sort's temporaries stay small.
 
     Args:
         gains: ``[Q, N]`` gains ``2^r - 1``.
         relevance: ``[Q, N]`` relevance the gains come from.
     Returns:
-        ``[Q]`` ideal DCG.
+        ``[Q]`` ideal DCG in the dtype of ``gains``.
     """
-    descending, order = relevance.sort(dim=1, descending=True)
-    position = torch.arange(relevance.shape[1], device=relevance.device).expand_as(descending)
-    starts_group = torch.ones_like(descending, dtype=torch.bool)
-    starts_group[:, 1:] = descending[:, 1:] != descending[:, :-1]
-    # items greater than the one at a sorted position = the position where its tie group starts
-    greater = torch.where(starts_group, position, 0).cummax(dim=1).values
-    return (gains.gather(1, order) / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
+    q, n = relevance.shape
+    rows = max(1, IDCG_CHUNK_ELEMENTS // n)
+    position = torch.arange(n, device=relevance.device)
+    out = gains.new_empty(q)
+    for q0 in range(0, q, rows):
+        descending, order = relevance[q0 : q0 + rows].sort(dim=1, descending=True)
+        starts_group = torch.ones_like(descending, dtype=torch.bool)
+        starts_group[:, 1:] = descending[:, 1:] != descending[:, :-1]
+        # items greater than the one at a sorted position = the position where its tie group starts
+        greater = torch.where(starts_group, position, 0).cummax(dim=1).values
+        sorted_gains = gains[q0 : q0 + rows].gather(1, order)
+        out[q0 : q0 + rows] = (sorted_gains / torch.log2(2.0 + greater.to(gains.dtype))).sum(dim=1)
+    return out
+
+
+def dcg_and_rank_weights_(gains: Tensor, ranks: Tensor) -> tuple[Tensor, Tensor]:
+    """``DCG_q = sum_i gain_qi / log2(1 + rank_qi)`` and the rank weights
+    ``w_qi = -d DCG_q / d rank_qi = gain_qi ln2 / ((1 + rank_qi) ln^2(1 + rank_qi))``.
+
+    Overwrites both inputs (``w`` is returned in ``gains``' memory) and needs one more ``[Q, N]``
+    buffer. ``d(1 - DCG/IDCG)/d rank = w / IDCG``: the loss's gradient with respect to the ranks is
+    ``w`` scaled per row, so backward can keep ``w`` alone.
+
+    Args:
+        gains: ``[Q, N]``; ranks: ``[Q, N]`` smoothed ranks.
+    Returns:
+        ``[Q]`` DCG and ``[Q, N]`` ``w``.
+    """
+    log_term = torch.log1p(ranks)
+    denominator = ranks.add_(1.0).mul_(log_term).mul_(log_term)
+    dcg = torch.div(gains, log_term, out=log_term).sum(dim=1).mul_(_LN2)
+    return dcg, gains.mul_(_LN2).div_(denominator)
+
+
+def _as_compute(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A fresh contiguous ``dtype`` copy of ``t`` (the caller modifies it in place)."""
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t.detach())
+
+
+def _gains(relevance: Tensor, dtype: torch.dtype) -> Tensor:
+    return _as_compute(relevance, dtype).mul_(_LN2).expm1_()
 
 
 KERNELS = ("auto", "torch", "compiled", "triton")
@@ -177,37 +216,41 @@ def _ranks_backward(scaled: Tensor, grad_rank: Tensor, kernel: str, block: int, 
 
 
 class _SmoothNDCG(torch.autograd.Function):
-    """Per-row ``1 - DCG/IDCG`` with the closed-form backward (tiled or compiled)."""
+    """Per-row ``1 - DCG/IDCG`` with the closed-form backward (tiled or compiled).
+
+    Memory: besides its inputs it keeps only the ``[Q, N]`` rank weights for backward (the scaled
+    scores are recomputed there); forward and backward each peak at about five ``[Q, N]`` buffers
+    in the compute dtype (fast kernels; the chunked path needs two fewer, plus its tiles).
+    """
 
     @staticmethod
     def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, block: int, tile_bytes: int, kernel: str):
         dtype = _compute_dtype(scores.dtype)
-        scaled = scores.detach().to(dtype) / tau
-        rel = relevance.detach().to(dtype)
-        gains = torch.expm1(rel * _LN2)
-        idcg = ideal_dcg(gains, rel)
-        ranks = _ranks(scaled, kernel, block, tile_bytes)
-        dcg = (gains / torch.log2(1.0 + ranks)).sum(dim=1)
+        gains = _gains(relevance, dtype)
+        idcg = ideal_dcg(gains, relevance.detach())
+        ranks = _ranks(_as_compute(scores, dtype).div_(tau), kernel, block, tile_bytes)
+        dcg, rank_weights = dcg_and_rank_weights_(gains, ranks)
+        del ranks
         valid = idcg > 0
         safe_idcg = torch.where(valid, idcg, torch.ones_like(idcg))
         loss = torch.where(valid, 1.0 - dcg / safe_idcg, torch.zeros_like(dcg))
-        ctx.save_for_backward(scaled, gains, ranks, safe_idcg, valid)
+        ctx.save_for_backward(scores, rank_weights, safe_idcg, valid)
         ctx.tau, ctx.block, ctx.tile_bytes, ctx.kernel = tau, block, tile_bytes, kernel
-        ctx.input_dtype = scores.dtype
         return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):
-        scaled, gains, ranks, safe_idcg, valid = ctx.saved_tensors
+        scores, rank_weights, safe_idcg, valid = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
-        coef = torch.where(valid, grad_loss.to(scaled.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
-        log_term = torch.log1p(ranks)
-        # d(1 - DCG/IDCG)/d rank_i = gain_i ln2 / (IDCG (1 + rank_i) ln^2(1 + rank_i))
-        grad_rank = coef[:, None] * gains * _LN2 / ((1.0 + ranks) * log_term * log_term)
-        grad_scaled = _ranks_backward(scaled, grad_rank, ctx.kernel, ctx.block, ctx.tile_bytes)
-        return (grad_scaled / ctx.tau).to(ctx.input_dtype), None, None, None, None, None
+        # d loss_q / d rank_qi = w_qi / IDCG_q; the rank backward is linear in it, so run it on w and
+        # scale each row afterwards (no [Q, N] gradient-of-ranks buffer)
+        coef = torch.where(valid, grad_loss.to(safe_idcg.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
+        scaled = _as_compute(scores, rank_weights.dtype).div_(ctx.tau)
+        grad = _ranks_backward(scaled, rank_weights, ctx.kernel, ctx.block, ctx.tile_bytes)
+        del scaled
+        return grad.mul_((coef / ctx.tau)[:, None]).to(scores.dtype), None, None, None, None, None
 
 
 def _check_inputs(scores: Tensor, relevance: Tensor, tau: float, reduction: str) -> None:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .smooth_ndcg import _LN2, ideal_dcg
+from .smooth_ndcg import _LN2, dcg_and_rank_weights_, ideal_dcg
 
 __all__ = ["sparse_smooth_ndcg_per_row"]
 
@@ -37,20 +37,19 @@ class _SparseSmoothNDCG(torch.autograd.Function):
             sl = slice(q0, q0 + rows)
             # [c, K, N] = sigma(x_j - x_i) for kept i; the j = i term is 1/2
             ranks[sl] = 0.5 + (x[sl, None, :] - x_top[sl, :, None]).sigmoid_().sum(dim=2)
-        dcg = (gains / torch.log2(1.0 + ranks)).sum(dim=1)
+        dcg, rank_weights = dcg_and_rank_weights_(gains, ranks)  # overwrites gains and ranks
         valid = idcg > 0
         safe_idcg = torch.where(valid, idcg, torch.ones_like(idcg))
-        ctx.save_for_backward(x, x_top, top, gains, ranks, safe_idcg, valid)
+        ctx.save_for_backward(x, x_top, top, rank_weights, safe_idcg, valid)
         ctx.tau, ctx.tile_bytes, ctx.input_dtype = tau, tile_bytes, scores.dtype
         return torch.where(valid, 1.0 - dcg / safe_idcg, torch.zeros_like(dcg))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):
-        x, x_top, top, gains, ranks, safe_idcg, valid = ctx.saved_tensors
+        x, x_top, top, rank_weights, safe_idcg, valid = ctx.saved_tensors
         coef = torch.where(valid, grad_loss.to(x.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
-        log_term = torch.log1p(ranks)
-        g = coef[:, None] * gains * _LN2 / ((1.0 + ranks) * log_term * log_term)  # dL/d rank, [Q, K]
+        g = rank_weights * coef[:, None]  # dL/d rank, [Q, K]
         grad = torch.zeros_like(x)
         rows = _chunk(top.shape[1], x.shape[1], x.element_size(), ctx.tile_bytes)
         for q0 in range(0, x.shape[0], rows):
