@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CENTRED_EXP_LIMIT", "by_row_kind", "centred_exp"]
+__all__ = ["CENTRED_EXP_LIMIT", "apply_by_row_kind", "by_row_kind", "centred_exp"]
 
 #: Largest row half range for which ``e^(x - c)`` and ``e^(c - x)`` are finite and normal
 #: (fp32: e^80 < 3.4e38, e^-80 > 1.2e-38).
@@ -75,3 +75,28 @@ def by_row_kind(
     out = torch.empty_like(like)
     out[rows_f], out[rows_d] = part_f, part_d
     return out
+
+
+def apply_by_row_kind(
+    x: Tensor,
+    factored: Callable[..., Tensor | None],
+    direct: Callable[..., Tensor | None],
+    *row_args: Tensor,
+) -> Tensor | None:
+    """One fast kernel over all rows of ``x``: ``factored(u, v, *row_args)`` on the rows the centred
+    exponentials cover, ``direct(x, *row_args)`` on the others (each given only its rows).
+
+    Args:
+        x: ``[Q, N]`` scaled scores.
+        factored, direct: the kernel's two forms; each returns ``[rows, N]``, or ``None`` if it failed.
+        row_args: further ``[Q, N]`` inputs (the rank gradient), split by rows the same way.
+    Returns:
+        ``[Q, N]``, or ``None`` if a kernel failed.
+    """
+    u, v, safe = centred_exp(x)
+    return by_row_kind(
+        safe,
+        lambda rows: factored(*(t[rows] for t in (u, v, *row_args))),
+        lambda rows: direct(*(t[rows] for t in (x, *row_args))),
+        like=x,
+    )

@@ -11,12 +11,13 @@ compiled as dynamic, once per expression, device and dtype, not per batch size.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 from torch import Tensor
 
-from .centred_exp import by_row_kind, centred_exp
+from .centred_exp import apply_by_row_kind
 
 __all__ = ["compiled_ranks", "compiled_rank_backward", "compiled_available"]
 
@@ -77,23 +78,18 @@ def _call(name: str, fn, *args: Tensor) -> Tensor | None:
 
 def compiled_ranks(scaled_scores: Tensor) -> Tensor | None:
     """``[Q, N]`` smoothed ranks of ``[Q, N]`` scores / tau, or ``None`` if compilation failed."""
-    x = scaled_scores
-    u, v, safe = centred_exp(x)
-    return by_row_kind(
-        safe,
-        lambda rows: _call("rank", _rank_factored, u[rows], v[rows]),
-        lambda rows: _call("rank_direct", _rank_direct, x[rows]),
-        like=x,
+    return apply_by_row_kind(
+        scaled_scores,
+        functools.partial(_call, "rank", _rank_factored),
+        functools.partial(_call, "rank_direct", _rank_direct),
     )
 
 
 def compiled_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores, or ``None`` if compilation failed."""
-    x, g = scaled_scores, grad_rank
-    u, v, safe = centred_exp(x)
-    return by_row_kind(
-        safe,
-        lambda rows: _call("rank_backward", _rank_backward_factored, u[rows], v[rows], g[rows]),
-        lambda rows: _call("rank_backward_direct", _rank_backward_direct, x[rows], g[rows]),
-        like=x,
+    return apply_by_row_kind(
+        scaled_scores,
+        functools.partial(_call, "rank_backward", _rank_backward_factored),
+        functools.partial(_call, "rank_backward_direct", _rank_backward_direct),
+        grad_rank,
     )

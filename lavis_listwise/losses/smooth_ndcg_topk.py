@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .smooth_ndcg import _LN2, dcg_and_rank_weights_, ideal_dcg
+from .smooth_ndcg import _gains, dcg_and_rank_weights_, ideal_dcg
 
 __all__ = ["sparse_smooth_ndcg_per_row"]
 
@@ -28,7 +28,7 @@ class _SparseSmoothNDCG(torch.autograd.Function):
         dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
         x = scores.detach().to(dtype) / tau
         rel_top, top = relevance.detach().to(dtype).topk(topk, dim=1)  # [Q, K]
-        gains = torch.expm1(rel_top * _LN2)
+        gains = _gains(rel_top, dtype)
         idcg = ideal_dcg(gains, rel_top)
         x_top = x.gather(1, top)
         ranks = torch.empty_like(x_top)

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .centred_exp import by_row_kind, centred_exp
+from .centred_exp import apply_by_row_kind
 
 __all__ = ["triton_available", "triton_rank_backward", "triton_ranks"]
 
@@ -133,24 +133,18 @@ def _as_fp32(x: Tensor) -> Tensor:
 
 def triton_ranks(scaled_scores: Tensor) -> Tensor | None:
     """``[Q, N]`` smoothed ranks of fp32 ``scaled_scores`` (scores / tau); ``None`` if the kernel failed."""
-    x = _as_fp32(scaled_scores)
-    u, v, safe = centred_exp(x)
-    return by_row_kind(
-        safe,
-        lambda rows: _launch("rank", _rank_kernel, u[rows], v[rows], factored=True),
-        lambda rows: _launch("rank", _rank_kernel, x[rows], x[rows], factored=False),
-        like=x,
+    return apply_by_row_kind(
+        _as_fp32(scaled_scores),
+        lambda u, v: _launch("rank", _rank_kernel, u, v, factored=True),
+        lambda x: _launch("rank", _rank_kernel, x, x, factored=False),
     )
 
 
 def triton_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | None:
     """``[Q, N]`` gradient with respect to the scaled scores; ``None`` if the kernel failed."""
-    x, g = _as_fp32(scaled_scores), _as_fp32(grad_rank)
-    u, v, safe = centred_exp(x)
-    kernel = _rank_backward_kernel
-    return by_row_kind(
-        safe,
-        lambda rows: _launch("rank backward", kernel, u[rows], v[rows], g[rows], factored=True),
-        lambda rows: _launch("rank backward", kernel, x[rows], x[rows], g[rows], factored=False),
-        like=x,
+    return apply_by_row_kind(
+        _as_fp32(scaled_scores),
+        lambda u, v, g: _launch("rank backward", _rank_backward_kernel, u, v, g, factored=True),
+        lambda x, g: _launch("rank backward", _rank_backward_kernel, x, x, g, factored=False),
+        _as_fp32(grad_rank),
     )
