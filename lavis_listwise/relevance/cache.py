@@ -28,6 +28,8 @@ __all__ = ["CaptionEmbeddingCache", "CacheCorruptError", "caption_cache_key"]
 logger = logging.getLogger(__name__)
 
 _MAGIC = b"LAVIS-LISTWISE-EMB\x01\n"
+#: Cache directories already reported as unwritable in this process (the warning is given once).
+_UNWRITABLE_REPORTED: set[Path] = set()
 _HEADER_LEN = struct.Struct("<Q")
 
 
@@ -133,6 +135,26 @@ class CaptionEmbeddingCache:
         cached = self.load(captions)
         if cached is not None:
             return cached
-        emb16 = self.encoder.encode(captions, progress=progress).numpy().astype(np.float16)
-        _write(self.path_for(captions), caption_cache_key(self.encoder.identity, captions), emb16)
+        return self.store(captions, self.encoder.encode(captions, progress=progress))
+
+    def store(self, captions: Sequence[str], emb: Tensor, write: bool = True) -> Tensor:
+        """Round freshly computed ``[T, D]`` embeddings through fp16 as the cache stores them, and (if
+        ``write``) save them. A cache directory that cannot be written is reported once; the
+        embeddings are then kept in memory for the run only."""
+        emb16 = emb.detach().cpu().numpy().astype(np.float16)
+        if write:
+            path = self.path_for(captions)
+            try:
+                _write(path, caption_cache_key(self.encoder.identity, captions), emb16)
+            except OSError as err:
+                if self.cache_dir not in _UNWRITABLE_REPORTED:
+                    _UNWRITABLE_REPORTED.add(self.cache_dir)
+                    logger.warning(
+                        "caption-embedding cache %s cannot be written (%s: %s); keeping the embeddings "
+                        "in memory for this run only (set model.listwise.relevance.cache_dir to a "
+                        "writable directory to reuse them)",
+                        path,
+                        type(err).__name__,
+                        err.strerror or err,
+                    )
         return torch.from_numpy(emb16.astype(np.float32))

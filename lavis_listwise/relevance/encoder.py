@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..rng import isolated_rng
+
 __all__ = ["SentenceEncoder", "default_encoder_path"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -99,18 +101,39 @@ class SentenceEncoder:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
             self._model = AutoModel.from_pretrained(str(self.model_dir)).eval().to(self.device)
 
-    @torch.no_grad()
-    def encode(self, captions: Sequence[str], progress: bool = True) -> Tensor:
-        """``[T, D]`` fp32 unit vectors, in the order of ``captions``."""
-        self._load()
-        captions = list(captions)
-        # Longest first, so each batch pads to similar lengths; the result is put back in order.
+    @property
+    def dim(self) -> int:
+        """Embedding width, from the encoder's ``config.json`` (the model is not loaded)."""
+        return int(json.loads((self.model_dir / "config.json").read_text())["hidden_size"])
+
+    def batch_plan(self, captions: Sequence[str]) -> list[list[int]]:
+        """Caption indices of each forward pass: longest first, so each batch pads to similar lengths.
+
+        A caption's embedding depends only on its batch, so splitting this plan across processes
+        (:meth:`encode` with ``batches``) gives the same numbers as one process encoding everything.
+        """
         order = sorted(range(len(captions)), key=lambda i: -len(captions[i]))
-        dim = self._model.config.hidden_size
-        out = torch.empty(len(captions), dim, dtype=torch.float32)
-        starts = range(0, len(captions), self.batch_size)
-        for start in tqdm(starts, desc="embedding captions", unit="batch", disable=not progress):
-            idx = order[start : start + self.batch_size]
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+    def encode(
+        self, captions: Sequence[str], progress: bool = True, batches: list[list[int]] | None = None
+    ) -> Tensor:
+        """``[T, D]`` fp32 unit vectors, in the order of ``captions``.
+
+        ``batches``: encode only these batches of :meth:`batch_plan` (the other rows are 0).
+        Leaves the global RNG states as they were: loading the model initialises its layers
+        randomly before the weights are read, which would otherwise make a run with a cold cache
+        differ from one with a warm cache.
+        """
+        captions = list(captions)
+        batches = self.batch_plan(captions) if batches is None else batches
+        with isolated_rng(), torch.no_grad():
+            return self._encode(captions, batches, progress)
+
+    def _encode(self, captions: list[str], batches: list[list[int]], progress: bool) -> Tensor:
+        self._load()
+        out = torch.zeros(len(captions), self._model.config.hidden_size, dtype=torch.float32)
+        for idx in tqdm(batches, desc="embedding captions", unit="batch", disable=not progress):
             batch = self._tokenizer(
                 [captions[i] for i in idx],
                 padding=True,
