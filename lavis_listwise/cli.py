@@ -46,6 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    try:
+        return _run(args)
+    except Exception as err:
+        from .errors import ListwiseError
+
+        # The plugin's own errors are stated for the user in one message; anything else is a bug
+        # and keeps its traceback. LAVIS_LISTWISE_TRACEBACK=1 shows it for ours too.
+        if not isinstance(err, ListwiseError) or os.environ.get("LAVIS_LISTWISE_TRACEBACK"):
+            raise
+        print(f"lavis-listwise: error: {err}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from .demo import run_demo

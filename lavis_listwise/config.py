@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .losses import get_loss_class
 from .losses.smooth_ndcg import KERNELS
 from .relevance import CaptionEmbeddingCache, SentenceEncoder
@@ -29,7 +30,7 @@ def default_cache_dir() -> Path:
 def _unknown(given: Mapping, allowed: set[str], where: str) -> None:
     extra = sorted(set(given) - allowed)
     if extra:
-        raise ValueError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class RelevanceConfig:
         cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir else default_cache_dir()
         batch_size = int(cfg.get("batch_size", 256))
         if batch_size < 1:
-            raise ValueError(f"{where}.batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"{where}.batch_size must be >= 1, got {batch_size}")
         return cls(encoder=encoder, cache_dir=cache_dir, batch_size=batch_size)
 
     def caption_cache(self) -> CaptionEmbeddingCache:
@@ -104,26 +105,27 @@ class ListwiseConfig:
         try:
             loss_cls = get_loss_class(loss)
         except KeyError as err:
-            raise ValueError(f"{_KEY}.loss: {err.args[0]}") from None
+            raise ConfigError(f"{_KEY}.loss: {err.args[0]}") from None
         if not getattr(loss_cls, "is_listwise", False):
-            raise ValueError(f"{_KEY}.loss: {loss!r} is not a listwise loss (it takes no relevance)")
+            raise ConfigError(f"{_KEY}.loss: {loss!r} is not a listwise loss (it takes no relevance)")
         weight = _number(cfg.get("weight", 0.0), f"{_KEY}.weight")
         if weight < 0:
-            raise ValueError(f"{_KEY}.weight must be >= 0, got {weight}")
+            raise ConfigError(f"{_KEY}.weight must be >= 0, got {weight}")
         combine = str(cfg.get("combine", "add"))
         if combine not in ("add", "convex"):
-            raise ValueError(f"{_KEY}.combine must be 'add' or 'convex', got {combine!r}")
+            raise ConfigError(f"{_KEY}.combine must be 'add' or 'convex', got {combine!r}")
         if combine == "convex" and weight > 1:
-            raise ValueError(f"{_KEY}.weight must be <= 1 with combine: convex, got {weight}")
+            raise ConfigError(f"{_KEY}.weight must be <= 1 with combine: convex, got {weight}")
         tau = _number(cfg.get("tau", 0.01), f"{_KEY}.tau")
         if not tau > 0:
-            raise ValueError(f"{_KEY}.tau must be > 0, got {tau}")
+            raise ConfigError(f"{_KEY}.tau must be > 0, got {tau}")
+        _check_tau_gives_finite_loss(tau)
         kernel = str(cfg.get("kernel", "auto"))
         if kernel not in KERNELS:
-            raise ValueError(f"{_KEY}.kernel must be one of {list(KERNELS)}, got {kernel!r}")
+            raise ConfigError(f"{_KEY}.kernel must be one of {list(KERNELS)}, got {kernel!r}")
         topk = cfg.get("relevance_topk")
         if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
-            raise ValueError(f"{_KEY}.relevance_topk must be a positive integer or null, got {topk!r}")
+            raise ConfigError(f"{_KEY}.relevance_topk must be a positive integer or null, got {topk!r}")
         return cls(
             loss=loss,
             kernel=kernel,
@@ -136,11 +138,37 @@ class ListwiseConfig:
         )
 
 
+#: Scores spanning the cosine range with ties, near-ties and graded relevance: the probe a tau must pass.
+_TAU_PROBE_SCORES = (-1.0, -1.0, 0.0, 0.0, 1e-7, 0.5, 1.0, 1.0)
+_TAU_PROBE_RELEVANCE = (1.0, 0.2, 0.5, 0.5, 0.0, 1.0, 0.3, 1.0)
+
+
+def _check_tau_gives_finite_loss(tau: float) -> None:
+    """Refuse a ``tau`` whose smoothed ranks or gradients overflow for cosine scores in float32.
+
+    ``(s_j - s_i) / tau`` is formed in float32, so below about 6e-39 the scaled scores themselves are
+    infinite and every loss is NaN; the probe runs the real loss and its backward on one row.
+    """
+    import torch
+
+    from .losses import smooth_ndcg_loss
+
+    scores = torch.tensor([_TAU_PROBE_SCORES], dtype=torch.float32, requires_grad=True)
+    relevance = torch.tensor([_TAU_PROBE_RELEVANCE], dtype=torch.float32)
+    loss = smooth_ndcg_loss(scores, relevance, tau=tau, kernel="torch")
+    loss.backward()
+    if not (torch.isfinite(loss) and torch.isfinite(scores.grad).all()):
+        raise ConfigError(
+            f"{_KEY}.tau = {tau!r} gives non-finite smoothed ranks or gradients for cosine scores in "
+            "[-1, 1] in float32 (the paper uses 0.01)"
+        )
+
+
 def _number(value: Any, key: str) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{key} must be a number, got {value!r}") from None
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if not math.isfinite(out):
-        raise ValueError(f"{key} must be finite, got {value!r}")
+        raise ConfigError(f"{key} must be finite, got {value!r}")
     return out

@@ -13,7 +13,12 @@ import torch.distributed as dist
 from lavis.models.base_model import all_gather_with_grad, concat_all_gather
 from torch import Tensor
 
+from .errors import ConfigError
+
 __all__ = [
+    "DEFAULT_DIST_TIMEOUT_S",
+    "dist_timeout",
+    "is_collective_timeout",
     "gather_no_grad",
     "gather_shards",
     "gather_with_grad",
@@ -77,15 +82,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Default of ``run.dist_timeout``: how long a collective waits for the other ranks, in seconds.
+DEFAULT_DIST_TIMEOUT_S = 1800
+
+
+def dist_timeout(run_cfg) -> datetime.timedelta:
+    """``run.dist_timeout`` (seconds, default :data:`DEFAULT_DIST_TIMEOUT_S`) as a timedelta."""
+    value = run_cfg.get("dist_timeout", DEFAULT_DIST_TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"run.dist_timeout must be a positive number of seconds, got {value!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+def is_collective_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that gave up waiting for another rank (gloo or NCCL)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        isinstance(err, backend_error) or "timed out" in text or "operation timeout" in text
+    )
+
+
 def init_distributed(run_cfg) -> None:
     """Set up ``torch.distributed`` for a LAVIS run config, on CPU or GPU.
 
     Under torchrun: NCCL on GPU, gloo on CPU (LAVIS's ``init_distributed_mode`` assumes NCCL and a
     GPU). Otherwise a one-process group, because LAVIS's ``RunnerBase.train`` calls
     ``dist.barrier()`` even when not distributed; ``run_cfg.distributed`` stays False there.
+    Collectives give up after ``run.dist_timeout`` seconds, so a stalled rank stops the job.
     """
     if dist.is_initialized():
         return
+    timeout = dist_timeout(run_cfg)
     use_cuda = str(run_cfg.get("device", "cuda")).startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("run.device is 'cuda' but no CUDA device is available; set run.device: cpu")
@@ -95,11 +127,13 @@ def init_distributed(run_cfg) -> None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+        dist.init_process_group(backend, timeout=timeout)
         run_cfg.distributed, run_cfg.rank, run_cfg.world_size, run_cfg.gpu = True, rank, world, local_rank
         logging.info("distributed init: rank %d of %d (%s)", rank, world, backend)
     else:
         if use_cuda:
             torch.cuda.set_device(0)
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout
+        )
         run_cfg.distributed, run_cfg.rank, run_cfg.world_size, run_cfg.gpu = False, 0, 1, 0

@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import re
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="override settings of the YAML, as key=value (e.g. run.max_epoch=2 model.listwise.weight=0.5)",
     )
     parser.add_argument("--job-id", default=None, help="output sub-directory name (default: a timestamp)")
+
+
+def read_yaml_file(path: str, key: str = "--cfg-path"):
+    """The YAML file at ``path`` as an OmegaConf object; :class:`ConfigError` naming ``key`` and the file
+    if it is missing, unreadable or not valid YAML."""
+    from omegaconf import OmegaConf
+    from yaml import YAMLError
+
+    from .errors import ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: {str(path)!r} does not exist")
+    try:
+        return OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{key}: cannot read {str(path)!r}: {err}") from None
+    except YAMLError as err:
+        raise ConfigError(f"{key}: {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from None
 
 
 def _setup_seeds(run_cfg) -> None:
@@ -54,8 +73,7 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
 
     from .distributed import init_distributed
 
-    if not Path(args.cfg_path).is_file():
-        raise FileNotFoundError(f"--cfg-path: {args.cfg_path!r} does not exist")
+    read_yaml_file(args.cfg_path)  # a missing, unreadable or malformed file is one message naming it
     cfg = Config(argparse.Namespace(cfg_path=args.cfg_path, options=args.options))
     init_distributed(cfg.run_cfg)
     _setup_seeds(cfg.run_cfg)
@@ -114,15 +132,37 @@ def format_results_table(logs: dict) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def _collectives_named(run_cfg):
+    """Turn a collective that timed out or lost its peer into one message naming ``run.dist_timeout``."""
+    from .distributed import dist_timeout, is_collective_timeout, rank_and_world
+    from .errors import DistributedTimeoutError
+
+    try:
+        yield
+    except RuntimeError as err:
+        rank, world = rank_and_world()
+        if world == 1 or not is_collective_timeout(err):
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistributedTimeoutError(
+            f"rank {rank} of {world}: a collective operation failed or waited longer than run.dist_timeout = "
+            f"{dist_timeout(run_cfg).total_seconds():g} s for another process, which has stalled or "
+            f"exited ({first_line})"
+        ) from err
+
+
 def train(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
-    logs = runner.train()
+    with _collectives_named(runner.config.run_cfg):
+        logs = runner.train()
     _report_results(runner, logs, "test_results.json")
     return logs
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
     runner = build_run(args)
-    logs = runner.evaluate(skip_reload=True)
+    with _collectives_named(runner.config.run_cfg):
+        logs = runner.evaluate(skip_reload=True)
     _report_results(runner, logs, "evaluate_results.json")
     return logs
