@@ -6,25 +6,27 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from lavis.common.dist_utils import get_rank, get_world_size, is_main_process, main_process
 from lavis.common.registry import registry
-from lavis.datasets.datasets.dataloader_utils import IterLoader, MultiIterLoader
+from lavis.datasets.datasets.dataloader_utils import IterLoader, MultiIterLoader, PrefetchLoader
 from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..distributed import rank_and_world
+from ..errors import CheckpointError, NonFiniteLossError
 from ..registration import register_once
+from ..rng import isolated_rng, rng_state, set_rng_state
 
-__all__ = ["RunnerListwise"]
+__all__ = ["RunnerListwise", "atomic_torch_save", "load_checkpoint_file"]
 
 
 def _barrier() -> None:
@@ -32,19 +34,109 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same directory, renamed into place.
+
+    A failed write (full disk, quota, I/O error) removes the temporary file and raises
+    :class:`CheckpointError` naming the path and the cause; ``path`` is never half-written.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    writer = None
+    try:
+        with open(tmp, "wb") as f:
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        # torch's zip writer turns the file's OSError into "unexpected pos ..."; report the OS's words
+        cause = writer.error if writer is not None and writer.error is not None else err
+        if isinstance(cause, (OSError, RuntimeError)):
+            text = (
+                f"{cause.strerror} [errno {cause.errno}]" if getattr(cause, "strerror", None) else str(cause)
+            )
+            raise CheckpointError(f"could not write checkpoint {path}: {text}") from err
+        raise
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class _RecordingWriter:
+    """A file's ``write`` that keeps the first ``OSError`` it raised (full disk, quota, file size)."""
+
+    def __init__(self, f) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+#: What a resumable checkpoint of runner_listwise holds.
+_CHECKPOINT_KEYS = ("model", "optimizer", "epoch")
+
+
+def load_checkpoint_file(
+    path: str | os.PathLike, key: str = "run.resume_ckpt_path", map_location="cpu"
+) -> dict:
+    """A resumable checkpoint, or :class:`CheckpointError` naming ``key`` and ``path`` if the file is
+    missing, is not a torch checkpoint (truncated, another format) or lacks the runner's entries."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{key}: {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, pickle/zip errors, EOFError... for bad files
+        raise CheckpointError(
+            f"{key}: {str(path)!r} is not a loadable torch checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{key}: {str(path)!r} is not a runner_listwise training checkpoint (no {missing}); "
+            "resume from a checkpoint_latest.pth or epoch_<n>.pth this runner wrote"
+        )
+    return checkpoint
+
+
+def _non_finite_parameters(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def _base_loader(loader):
+    """The ``torch.utils.data.DataLoader`` under LAVIS's ``IterLoader`` / ``PrefetchLoader`` wrappers."""
+    if isinstance(loader, IterLoader):
+        loader = loader._dataloader
+    if isinstance(loader, PrefetchLoader):
+        loader = loader.loader
+    return loader
+
+
+def _iter_loaders(loader):
+    """The ``IterLoader`` s of a training loader (several under ``MultiIterLoader``)."""
+    return list(loader.loaders) if isinstance(loader, MultiIterLoader) else [loader]
+
+
+class _IterLoaderNoSleep(IterLoader):
+    """LAVIS's ``IterLoader`` without its 2 s sleep at each epoch boundary, for loaders without worker
+    processes: the sleep guards worker shutdown, and with no workers there is nothing to wait for."""
+
+    def __next__(self):
+        try:
+            return next(self.iter_loader)
+        except StopIteration:
+            self._epoch += 1
+            if hasattr(self._dataloader.sampler, "set_epoch") and self._use_distributed:
+                self._dataloader.sampler.set_epoch(self._epoch)
+            self.iter_loader = iter(self._dataloader)
+            return next(self.iter_loader)
 
 
 @register_once("runner", "runner_listwise")
@@ -109,7 +201,10 @@ class RunnerListwise(RunnerBase):
                 collate_fn=collate_fn,
                 drop_last=is_train,
             )
-            return IterLoader(loader, use_distributed=self.use_distributed) if is_train else loader
+            if not is_train:
+                return loader
+            iter_cls = _IterLoaderNoSleep if num_workers == 0 else IterLoader
+            return iter_cls(loader, use_distributed=self.use_distributed)
 
         loaders = []
         for dataset, bsz, is_train, collate_fn in zip(datasets, batch_sizes, is_trains, collate_fns):
@@ -126,7 +221,13 @@ class RunnerListwise(RunnerBase):
 
     # ------------------------------------------------------------------ caption embeddings
     def prepare_caption_embeddings(self) -> None:
-        """Build (rank 0) or load (other ranks) the caption-embedding cache; hand it to the model."""
+        """Load or compute the caption-embedding table on every rank and hand it to the model.
+
+        Rank 0 reads the cache; on a hit the table is broadcast, so ranks on other nodes need no
+        shared file system. On a miss every rank encodes its share of the encoder's batches on the
+        run's device (no rank waits for one process to embed a whole COCO caption set) and the
+        shares are summed; rank 0 writes the cache. Runs under :func:`isolated_rng`.
+        """
         model = self._model
         if not hasattr(model, "set_caption_embeddings") or model.listwise_cfg.weight == 0:
             return
@@ -137,61 +238,137 @@ class RunnerListwise(RunnerBase):
                 "coco_retrieval_listwise, flickr30k_listwise or retrieval_listwise_json builders"
             )
         cache = model.listwise_cfg.relevance.caption_cache()
-        if is_main_process():
-            table = cache.get(captions)
-            _barrier()
-        else:
-            _barrier()
-            table = cache.load(captions)
-            if table is None:
-                raise RuntimeError(f"rank {get_rank()}: caption cache {cache.path_for(captions)} unreadable")
+        cache.encoder.device = self.device
+        rank, world = rank_and_world()
+        # NCCL moves only CUDA tensors; gloo only CPU ones.
+        comm = self.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+        with isolated_rng():
+            table = cache.load(captions) if rank == 0 else None
+            hit = torch.tensor([table is not None], dtype=torch.int32, device=comm)
+            if world > 1:
+                dist.broadcast(hit, src=0)
+            if bool(hit.item()):
+                if world > 1:
+                    shared = (table if rank == 0 else torch.empty(len(captions), cache.encoder.dim)).to(comm)
+                    dist.broadcast(shared, src=0)
+                    table = shared.cpu()
+            else:
+                plan = cache.encoder.batch_plan(captions)
+                emb = cache.encoder.encode(captions, progress=rank == 0, batches=plan[rank::world])
+                if world > 1:  # each row was encoded by exactly one rank, the others hold 0: the sum is exact
+                    emb = emb.to(comm)
+                    dist.all_reduce(emb)
+                table = cache.store(captions, emb, write=rank == 0)
         logging.info("caption-embedding table: %d x %d (%s)", *table.shape, cache.path_for(captions))
         model.set_caption_embeddings(table)
 
     # ------------------------------------------------------------------ checkpoints
-    @main_process
-    def _save_checkpoint(self, cur_epoch, is_best=False, name=None, extra=None):
+    def _save_checkpoint(self, cur_epoch, is_best=False, name=None, extra=None, rng_per_rank=None):
+        """Write a complete checkpoint from the main process (other ranks return at once).
+
+        Refuses to save weights that are not finite; writes atomically (:func:`atomic_torch_save`).
+        """
+        if not is_main_process():
+            return
         model = self.unwrap_dist_model(self.model)
+        bad = _non_finite_parameters(model)
+        if bad:
+            raise NonFiniteLossError(
+                f"epoch {cur_epoch}: {len(bad)} parameter tensor(s) are not finite (first: {bad[0]}); "
+                "nothing was saved"
+            )
         save_obj = {
             "model": model.state_dict(),  # everything, momentum encoders included
             "optimizer": self.optimizer.state_dict(),
             "config": self.config.to_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "epoch": cur_epoch,
-            "rng": _rng_state(),
+            "rng": rng_state(),
+            "rng_per_rank": rng_per_rank,
+            "world_size": get_world_size(),
             **(extra or {}),
         }
         name = name or f"checkpoint_{'best' if is_best else cur_epoch}.pth"
         path = os.path.join(self.output_dir, name)
-        tmp = path + ".tmp"
         logging.info("Saving checkpoint at epoch %s to %s.", cur_epoch, path)
-        torch.save(save_obj, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(save_obj, path)
+        if not is_best:
+            self._last_checkpoint = (path, cur_epoch)
+
+    def _save_latest_checkpoint(self, cur_epoch: int) -> None:
+        """``checkpoint_latest.pth`` with every rank's RNG state (a collective: all ranks call it)."""
+        states = [rng_state()]
+        if get_world_size() > 1:
+            states = [None] * get_world_size()
+            dist.all_gather_object(states, rng_state())
+        self._save_checkpoint(
+            cur_epoch,
+            name="checkpoint_latest.pth",
+            extra={"best_agg_metric": self._best[0], "best_epoch": self._best[1]},
+            rng_per_rank=states,
+        )
 
     def _load_checkpoint(self, url_or_filename):
-        if not os.path.isfile(url_or_filename):
-            raise FileNotFoundError(f"run.resume_ckpt_path: {url_or_filename!r} does not exist")
-        checkpoint = torch.load(url_or_filename, map_location=self.device, weights_only=False)
-        self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = load_checkpoint_file(url_or_filename, map_location=self.device)
+        try:
+            self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"run.resume_ckpt_path: {url_or_filename!r} does not fit this model or optimizer: {err}"
+            ) from None
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = checkpoint["epoch"] + 1
         self._best = (checkpoint.get("best_agg_metric", float("-inf")), checkpoint.get("best_epoch", 0))
+        self._last_checkpoint = (str(url_or_filename), checkpoint["epoch"])
         # The best model so far lives in the resumed run's directory: carry it over, so the final
         # test reloads it even if no later epoch beats it.
         best = Path(url_or_filename).resolve().parent / "checkpoint_best.pth"
         here = Path(self.output_dir) / "checkpoint_best.pth"
         if best.is_file() and best != here.resolve() and is_main_process():
             shutil.copyfile(best, here)
-        if "rng" in checkpoint:
-            _set_rng_state(checkpoint["rng"])
+        self._resume_rng = self._rank_rng_state(checkpoint)
         logging.info("Resumed from %s at epoch %d", url_or_filename, self.start_epoch)
+
+    @staticmethod
+    def _rank_rng_state(checkpoint: dict) -> dict | None:
+        """This rank's RNG state in ``checkpoint`` (checkpoints hold one per rank)."""
+        rank, world = rank_and_world()
+        per_rank = checkpoint.get("rng_per_rank")
+        if per_rank and len(per_rank) == world:
+            return per_rank[rank]
+        if per_rank or world > 1:
+            logging.warning(
+                "the checkpoint was written by %s process(es), this run has %d: the resumed run "
+                "cannot repeat the uninterrupted one exactly",
+                len(per_rank) if per_rank else "an unknown number of",
+                world,
+            )
+        return checkpoint.get("rng")
+
+    def _start_resumed_epoch(self) -> None:
+        """Put the training loader and the RNG where the uninterrupted run has them at ``start_epoch``.
+
+        A fresh ``IterLoader`` starts at sampler epoch 0, so a resumed run would replay epoch 0's
+        ``DistributedSampler`` order; the uninterrupted run sets the sampler's epoch and then creates
+        the epoch's iterator (drawing from the RNG). Do the same here, after restoring the RNG.
+        """
+        loader = self.train_loader  # built now, so building it cannot draw from the restored RNG
+        for iter_loader in _iter_loaders(loader):
+            iter_loader._epoch = self.start_epoch
+            base = _base_loader(iter_loader)
+            if self.use_distributed and hasattr(base.sampler, "set_epoch"):
+                base.sampler.set_epoch(self.start_epoch)
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+        for iter_loader in _iter_loaders(loader):
+            iter_loader.iter_loader = iter(iter_loader._dataloader)
 
     def _reload_best_model(self, model):
         path = os.path.join(self.output_dir, "checkpoint_best.pth")
         logging.info("Loading checkpoint from %s.", path)
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint_file(path, key="checkpoint_best.pth")["model"])
         return model
 
     # ------------------------------------------------------------------ logging
@@ -203,15 +380,33 @@ class RunnerListwise(RunnerBase):
                 f.write(json.dumps({"split": split_name, **stats}) + "\n")
 
     # ------------------------------------------------------------------ main loop
+    def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
+        """LAVIS's evaluation, under :func:`isolated_rng`: evaluating never changes what training draws."""
+        with isolated_rng():
+            return super().eval_epoch(split_name, cur_epoch, skip_reload)
+
+    def train_epoch(self, epoch):
+        try:
+            return super().train_epoch(epoch)
+        except NonFiniteLossError as err:
+            path, saved_epoch = getattr(self, "_last_checkpoint", (None, None))
+            last = f"{path} (epoch {saved_epoch})" if path else "none (no epoch had finished)"
+            raise NonFiniteLossError(
+                f"{err}; nothing was saved after it; last good checkpoint: {last}"
+            ) from err
+
     def train(self):
         start_time = time.time()
         # (best agg_metrics, its epoch); -inf so the first validation always saves a best checkpoint
         self._best = getattr(self, "_best", (float("-inf"), 0))
+        self._resume_rng = None
         self.log_config()
         if not self.evaluate_only and self.resume_ckpt_path is not None:
             self._load_checkpoint(self.resume_ckpt_path)
         if not self.evaluate_only:
             self.prepare_caption_embeddings()
+            if self.resume_ckpt_path is not None and self.start_epoch < self.max_epoch:
+                self._start_resumed_epoch()
         cur_epoch = self.start_epoch
         for cur_epoch in range(self.start_epoch, self.max_epoch):
             if not self.evaluate_only:
@@ -223,8 +418,9 @@ class RunnerListwise(RunnerBase):
                 val_log = self.eval_epoch(split_name=split_name, cur_epoch=cur_epoch)
                 if val_log is not None and is_main_process():
                     best_metric, best_epoch = self._best
-                    if val_log["agg_metrics"] > best_metric and split_name == "val":
-                        self._best = best_metric, best_epoch = val_log["agg_metrics"], cur_epoch
+                    agg = val_log["agg_metrics"]
+                    if split_name == "val" and math.isfinite(agg) and agg > best_metric:
+                        self._best = best_metric, best_epoch = agg, cur_epoch
                         self._save_checkpoint(cur_epoch, is_best=True)
                     val_log.update({"best_epoch": best_epoch, "epoch": cur_epoch})
                     self.log_stats(val_log, split_name)
@@ -233,11 +429,7 @@ class RunnerListwise(RunnerBase):
             if not self.valid_splits:
                 self._save_checkpoint(cur_epoch, is_best=False)
             # after validation, so the saved RNG state is the one the next epoch starts from
-            self._save_checkpoint(
-                cur_epoch,
-                name="checkpoint_latest.pth",
-                extra={"best_agg_metric": self._best[0], "best_epoch": self._best[1]},
-            )
+            self._save_latest_checkpoint(cur_epoch)
             if self.config.run_cfg.get("keep_epoch_checkpoints", False) and is_main_process():
                 shutil.copyfile(
                     self.output_dir / "checkpoint_latest.pth", self.output_dir / f"epoch_{cur_epoch}.pth"

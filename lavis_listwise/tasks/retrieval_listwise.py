@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from tqdm.auto import tqdm
 
 from ..config import RelevanceConfig
 from ..datasets.retrieval_listwise import ListwiseRetrievalDataset, caption_groups_to_index
+from ..distributed import rank_and_world
+from ..errors import ConfigError, NonFiniteLossError
 from ..metrics import lavis_recalls, ndcg_at_k
 from ..registration import register_once
 from ..relevance import rsc_relevance_from_table
@@ -155,7 +158,6 @@ class RetrievalListwiseTask(RetrievalTask):
         super().__init__(cfg)
         self.agg_metric = str(cfg.get("agg_metric", "r_mean"))
         self.train_caption_datasets: list[ListwiseRetrievalDataset] = []
-        self._loss_terms: dict[str, float] = {}
         self._eval_relevance: dict[tuple, torch.Tensor] = {}
         self.eval_settings = EvalSettings.from_run_cfg(cfg)
         self._rankings: dict | None = None
@@ -174,6 +176,7 @@ class RetrievalListwiseTask(RetrievalTask):
             caption_offset += len(dataset.captions)
             image_offset += dataset.num_images
         self.train_caption_datasets = train_sets
+        check_run_sizes(cfg, datasets)
         # Check the COCO 1K and ECCV Caption inputs now, not after hours of training when the test
         # split is reached.
         for splits in datasets.values():
@@ -192,11 +195,28 @@ class RetrievalListwiseTask(RetrievalTask):
         return [c for dataset in self.train_caption_datasets for c in dataset.captions]
 
     def train_step(self, model, samples):
-        output = model(samples)
-        self._loss_terms = {
-            k: float(v.detach()) for k, v in output.items() if k.startswith("loss") and k != "loss"
-        }
-        return output["loss"]
+        return self.train_step_with_terms(model, samples)[0]
+
+    def train_step_with_terms(self, model, samples) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and every ``loss_*`` term of one forward pass (terms detached).
+
+        A forward that fails after the weights became non-finite (LAVIS then dies in
+        ``torch.multinomial`` while drawing ITM hard negatives) is reported as such.
+        """
+        try:
+            output = model(samples)
+        except RuntimeError as err:
+            bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise NonFiniteLossError(
+                    f"training stopped at epoch {samples.get('epoch')}, step {samples.get('iters')}: "
+                    f"{len(bad)} parameter tensor(s) became non-finite after the previous optimizer step "
+                    f"(first: {bad[0]}); the forward pass then failed ({err}); lower run.init_lr or check "
+                    "the loss settings"
+                ) from err
+            raise
+        terms = {k: v.detach() for k, v in output.items() if k.startswith("loss") and k != "loss"}
+        return output["loss"], terms
 
     def _train_inner_loop(
         self,
@@ -221,31 +241,33 @@ class RetrievalListwiseTask(RetrievalTask):
         metric_logger.add_meter("loss", SmoothedValue(window_size=1, fmt="{value:.4f}"))
         inner_epoch = epoch if start_iters is None else start_iters // iters_per_epoch
         logging.info("Start training epoch %d, %d iters per inner epoch.", epoch, iters_per_epoch)
-        bar = tqdm(
+        with tqdm(
             total=iters_per_epoch, desc=f"train epoch {epoch}", disable=not is_main_process(), leave=False
-        )
-        for i in metric_logger.log_every(range(iters_per_epoch), log_freq, f"Train: data epoch: [{epoch}]"):
-            samples = prepare_sample(next(data_loader), cuda_enabled=cuda_enabled)
-            samples.update({"epoch": inner_epoch, "num_iters_per_epoch": iters_per_epoch, "iters": i})
-            lr_scheduler.step(cur_epoch=inner_epoch, cur_step=i)
-            with torch.autocast("cuda", enabled=use_amp):
-                loss = self.train_step(model=model, samples=samples)
-            if use_amp:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if (i + 1) % accum_grad_iters == 0:
+        ) as bar:
+            for i in metric_logger.log_every(
+                range(iters_per_epoch), log_freq, f"Train: data epoch: [{epoch}]"
+            ):
+                samples = prepare_sample(next(data_loader), cuda_enabled=cuda_enabled)
+                samples.update({"epoch": inner_epoch, "num_iters_per_epoch": iters_per_epoch, "iters": i})
+                lr_scheduler.step(cur_epoch=inner_epoch, cur_step=i)
+                with torch.autocast("cuda", enabled=use_amp):
+                    loss, terms = self.train_step_with_terms(model=model, samples=samples)
+                values = checked_loss_values(loss, terms, epoch, i)  # before backward: no update from NaN
                 if use_amp:
-                    scaler.step(optimizer)
-                    scaler.update()
+                    scaler.scale(loss).backward()
                 else:
-                    optimizer.step()
-                optimizer.zero_grad()
-            metric_logger.update(loss=loss.item(), **self._loss_terms)
-            metric_logger.update(lr=optimizer.param_groups[0]["lr"])
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            bar.update()
-        bar.close()
+                    loss.backward()
+                if (i + 1) % accum_grad_iters == 0:
+                    if use_amp:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad()
+                metric_logger.update(**values)
+                metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+                bar.update()
         _synchronize_meters(metric_logger)
         logging.info("Averaged stats: %s", metric_logger.global_avg())
         return {k: f"{meter.global_avg:.3f}" for k, meter in metric_logger.meters.items()}
@@ -376,6 +398,73 @@ class RetrievalListwiseTask(RetrievalTask):
             out[f"txt_ndcg{k}"] = 100.0 * ndcg_at_k(s_i2t, rel, k)
             out[f"img_ndcg{k}"] = 100.0 * ndcg_at_k(s_t2i, rel.t(), k)
         return out
+
+
+def checked_loss_values(
+    loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch, step: int
+) -> dict[str, float]:
+    """The loss and its logged terms as floats (one host sync for all; the logger needs them anyway).
+
+    Raises:
+        NonFiniteLossError naming the epoch, the step and every non-finite term.
+    """
+    tensors = [loss.detach(), *terms.values()]
+    values = dict(zip(["loss", *terms], torch.stack([t.float() for t in tensors]).tolist()))
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(
+            f"training stopped at epoch {epoch}, step {step}: non-finite "
+            + ", ".join(f"{k} = {v}" for k, v in bad.items())
+            + f" (all terms: {values}); check model.listwise.tau, model.listwise.weight and run.init_lr"
+        )
+    return values
+
+
+def _positive_int(run_cfg, key: str) -> int:
+    value = run_cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"run.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_run_sizes(cfg, datasets: dict) -> None:
+    """Check ``run.k_test``, ``run.batch_size_train`` / ``batch_size_eval`` and ``model.queue_size``
+    against the built splits, so a bad value fails now and not after an epoch of training.
+
+    Raises:
+        ConfigError naming the key and the split sizes.
+    """
+    run_cfg = cfg.run_cfg
+    _, world = rank_and_world()
+    batch_train = _positive_int(run_cfg, "batch_size_train")
+    _positive_int(run_cfg, "batch_size_eval")
+    k_test = _positive_int(run_cfg, "k_test")
+    eval_splits = set(run_cfg.get("valid_splits", []) or []) | set(run_cfg.get("test_splits", []) or [])
+    train_splits = set(run_cfg.get("train_splits", []) or [])
+    for name, splits in datasets.items():
+        for split, dataset in splits.items():
+            if split in eval_splits and hasattr(dataset, "image") and hasattr(dataset, "text"):
+                n_img, n_txt = len(dataset.image), len(dataset.text)
+                if k_test > min(n_img, n_txt):
+                    raise ConfigError(
+                        f"run.k_test = {k_test} is larger than the {name} {split} split ({n_img} images, "
+                        f"{n_txt} captions); set run.k_test <= {min(n_img, n_txt)}"
+                    )
+            if split in train_splits and not run_cfg.get("evaluate", False) and hasattr(dataset, "__len__"):
+                per_rank = len(dataset) // world
+                if batch_train > per_rank:
+                    raise ConfigError(
+                        f"run.batch_size_train = {batch_train} is larger than the {name} {split} split's "
+                        f"{len(dataset)} samples over {world} process(es) ({per_rank} each): no full "
+                        "batch would be drawn (training drops incomplete batches)"
+                    )
+    queue = cfg.model_cfg.get("queue_size")
+    if queue and not run_cfg.get("evaluate", False) and int(queue) % (batch_train * world):
+        raise ConfigError(
+            f"model.queue_size = {queue} must be a multiple of the global batch, run.batch_size_train x "
+            f"processes = {batch_train} x {world} = {batch_train * world}: BLIP and ALBEF enqueue "
+            "whole batches"
+        )
 
 
 def _is_coco_karpathy_test(dataset) -> bool:
