@@ -1,0 +1,28 @@
+"""The demo's paired comparison against scipy's own paired t-test."""
+
+import math
+
+import pytest
+from scipy.stats import ttest_rel
+
+from lavis_listwise.stats import paired_difference
+
+
+def test_paired_difference_matches_scipy_ttest_rel():
+    listwise = [78.1, 80.4, 77.9, 81.2, 79.0]
+    pairwise = [76.0, 79.9, 78.3, 78.8, 77.1]
+    got = paired_difference(listwise, pairwise)
+    ref = ttest_rel(listwise, pairwise)
+    assert got.n == 5
+    assert got.mean == pytest.approx(sum(a - b for a, b in zip(listwise, pairwise)) / 5)
+    assert got.t == pytest.approx(ref.statistic) and got.p_value == pytest.approx(ref.pvalue)
+    assert got.beyond_std(0.5) and not got.beyond_std(2.0)
+
+
+def test_degenerate_inputs():
+    one = paired_difference([2.0], [1.0])
+    assert one.mean == 1.0 and math.isnan(one.p_value) and not one.beyond_std(0)
+    same = paired_difference([2.0, 3.0], [1.0, 2.0])
+    assert same.std == 0.0 and same.p_value == 0.0 and same.beyond_std(2)
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired_difference([1.0, 2.0], [1.0])
