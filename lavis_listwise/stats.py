@@ -53,3 +53,34 @@ def paired_difference(treatment: Sequence[float], control: Sequence[float]) -> P
 
     t = mean / (std / math.sqrt(n))
     return PairedDifference(n, mean, std, t, float(2.0 * student_t.sf(abs(t), df=n - 1)))
+
+
+def retrieval_concentration(scores, k: int = 5) -> dict[str, float]:
+    """How much the top-``k`` lists of different queries repeat the same candidates (hubness).
+
+    A model that has collapsed onto a query-independent "popularity" of candidates returns the same
+    few candidates for every query; this is what the demo's listwise arm did.
+
+    Args:
+        scores: ``[Q, N]`` score of every candidate for every query.
+        k: list length looked at.
+    Returns:
+        ``top10_share``: fraction of all top-``k`` slots held by the 10 most frequent candidates
+        (``10 / N`` when every candidate appears equally often); ``never_retrieved``: fraction of
+        candidates in no top-``k`` list; ``popularity_share``: fraction of the variance of the
+        row-centred scores explained by a per-candidate offset (0 when candidates have no
+        query-independent score, 1 when every query orders them alike).
+    """
+    import torch
+
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    n = s.shape[1]
+    counts = torch.bincount(s.topk(min(k, n), dim=1).indices.flatten(), minlength=n).double()
+    centred = s - s.mean(dim=1, keepdim=True)
+    offset = centred.mean(dim=0)
+    total = float(centred.pow(2).mean())
+    return {
+        "top10_share": float(counts.sort(descending=True).values[:10].sum() / counts.sum()),
+        "never_retrieved": float((counts == 0).double().mean()),
+        "popularity_share": float(offset.pow(2).mean()) / total if total > 0 else 0.0,
+    }

@@ -26,3 +26,18 @@ def test_degenerate_inputs():
     assert same.std == 0.0 and same.p_value == 0.0 and same.beyond_std(2)
     with pytest.raises(ValueError, match="one value per seed"):
         paired_difference([1.0, 2.0], [1.0])
+
+
+def test_retrieval_concentration_tells_a_popularity_collapse_from_query_specific_scores():
+    import torch
+
+    from lavis_listwise.stats import retrieval_concentration
+
+    g = torch.Generator().manual_seed(0)
+    specific = torch.randn(300, 100, generator=g)  # every query orders candidates differently
+    popularity = torch.linspace(0, 3, 100)  # the same order for every query
+    collapsed = specific * 0.1 + popularity
+    a, b = retrieval_concentration(specific), retrieval_concentration(collapsed)
+    assert a["popularity_share"] < 0.05 < 0.9 < b["popularity_share"]
+    assert a["top10_share"] < 0.2 and b["top10_share"] > 0.9
+    assert a["never_retrieved"] < 0.1 and b["never_retrieved"] > 0.8
