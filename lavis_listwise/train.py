@@ -71,9 +71,11 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
 
     import lavis_listwise  # noqa: F401  (registers the plugin before the config is parsed)
 
+    from .config_check import check_config
     from .distributed import init_distributed
 
-    read_yaml_file(args.cfg_path)  # a missing, unreadable or malformed file is one message naming it
+    # a missing, unreadable or malformed file is one message naming it; keys nothing reads are refused
+    check_config(read_yaml_file(args.cfg_path), args.options)
     cfg = Config(argparse.Namespace(cfg_path=args.cfg_path, options=args.options))
     init_distributed(cfg.run_cfg)
     _setup_seeds(cfg.run_cfg)
