@@ -37,6 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
         from .train import add_config_arguments
 
         add_config_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    from .check_data import add_arguments as add_check_data_arguments
+
+    add_check_data_arguments(
+        sub.add_parser(
+            "check-data",
+            help="open every image of every split fully and check the annotations (before a GPU job)",
+            description="Read every annotation file of the YAML's datasets with the checks of training, "
+            "decode every image in a process pool (truncated files count), print every problem; "
+            "exit 1 if any.",
+        )
+    )
     return parser
 
 
@@ -77,6 +88,10 @@ def _run(args: argparse.Namespace) -> int:
         from . import train
 
         getattr(train, args.command)(args)
+    elif args.command == "check-data":
+        from .check_data import run_check_data
+
+        return run_check_data(args)
     return 0
 
 
