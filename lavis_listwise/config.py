@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .losses import get_loss_class
-from .losses.smooth_ndcg import KERNELS
+from .losses.smooth_ndcg import IDEAL_DCG_RULES, KERNELS
 from .relevance import CaptionEmbeddingCache, SentenceEncoder
 
 __all__ = ["ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
@@ -35,17 +35,55 @@ def _unknown(given: Mapping, allowed: set[str], where: str) -> None:
 
 @dataclass(frozen=True)
 class RelevanceConfig:
-    """``model.listwise.relevance``: the RSC sentence encoder and its embedding cache."""
+    """``model.listwise.relevance``: where the training relevance comes from and how it is shaped.
+
+    * ``encoder``, ``cache_dir``, ``batch_size``: the RSC sentence encoder (a local Hugging Face
+      directory; ``null`` = the bundled all-MiniLM-L6-v2) and its caption-embedding cache.
+    * ``floor`` (``null`` = the paper's ``(1 + cos) / 2``) and ``sharpen`` (default 1): shaping the
+      paper lacks, :func:`~lavis_listwise.relevance.shape_cosines`. ``floor: c`` maps cosines at or
+      below ``c`` to 0 and rescales the rest to ``[0, 1]``; ``sharpen: p`` raises the result to the
+      power ``p``. Ground-truth captions stay 1. They shape the evaluation's RSC NDCG too.
+    * ``embeddings``: a ``.npy`` ``[n_train_captions, D]`` of precomputed caption embeddings in the
+      training captions' order (the published code's workflow) used instead of encoding them.
+    * ``relevance_file``: a precomputed training relevance (``.npy`` dense or ``.npz`` sparse,
+      :mod:`lavis_listwise.relevance.files`) looked up for each batch instead of RSC; same-image
+      pairs stay 1. ``floor`` / ``sharpen`` do not apply to it.
+
+    Relative paths are taken from the working directory. ``embeddings`` and ``relevance_file``
+    replace the training relevance only: the evaluation's RSC NDCG is computed with ``encoder``.
+    """
 
     encoder: str | None = None  # local HF encoder directory; None = bundled all-MiniLM-L6-v2
     cache_dir: Path = field(default_factory=default_cache_dir)
     batch_size: int = 256
+    floor: float | None = None
+    sharpen: float = 1.0
+    embeddings: Path | None = None
+    relevance_file: Path | None = None
+
+    @property
+    def shaping(self) -> dict[str, Any]:
+        """``floor`` and ``sharpen``, keyword arguments of :func:`~lavis_listwise.relevance.rsc_relevance`."""
+        return {"floor": self.floor, "sharpen": self.sharpen}
+
+    def describe(self) -> str:
+        """The training relevance in words, e.g. ``RSC (1 + cos) / 2`` or ``relevance file x.npy``."""
+        if self.relevance_file is not None:
+            return f"relevance file {self.relevance_file}"
+        mapping = "(1 + cos) / 2" if self.floor is None else f"floor {self.floor:g}"
+        source = f", embeddings {self.embeddings}" if self.embeddings is not None else ""
+        sharpen = f", sharpen {self.sharpen:g}" if self.sharpen != 1.0 else ""
+        return f"RSC {mapping}{sharpen}{source}"
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> RelevanceConfig:
         cfg = dict(cfg or {})
         where = f"{_KEY}.relevance"
-        _unknown(cfg, {"encoder", "cache_dir", "batch_size"}, where)
+        _unknown(
+            cfg,
+            {"encoder", "cache_dir", "batch_size", "floor", "sharpen", "embeddings", "relevance_file"},
+            where,
+        )
         encoder = cfg.get("encoder")
         if encoder not in (None, "", "default"):
             path = Path(str(encoder)).expanduser()
@@ -62,7 +100,35 @@ class RelevanceConfig:
         batch_size = int(cfg.get("batch_size", 256))
         if batch_size < 1:
             raise ConfigError(f"{where}.batch_size must be >= 1, got {batch_size}")
-        return cls(encoder=encoder, cache_dir=cache_dir, batch_size=batch_size)
+        floor = cfg.get("floor")
+        if floor is not None:
+            floor = _number(floor, f"{where}.floor")
+            if not -1.0 <= floor < 1.0:
+                raise ConfigError(f"{where}.floor must be a cosine in [-1, 1) or null, got {floor}")
+        sharpen = _number(cfg.get("sharpen", 1.0), f"{where}.sharpen")
+        if not sharpen > 0:
+            raise ConfigError(f"{where}.sharpen must be > 0, got {sharpen}")
+        embeddings = _existing_file(cfg.get("embeddings"), f"{where}.embeddings", (".npy",))
+        relevance_file = _existing_file(
+            cfg.get("relevance_file"), f"{where}.relevance_file", (".npy", ".npz")
+        )
+        if embeddings is not None and relevance_file is not None:
+            raise ConfigError(
+                f"{where}: set embeddings or relevance_file, not both (a relevance file needs no embeddings)"
+            )
+        if relevance_file is not None and (floor is not None or sharpen != 1.0):
+            raise ConfigError(
+                f"{where}.floor / sharpen shape RSC cosines and do not apply to relevance_file; unset them"
+            )
+        return cls(
+            encoder=encoder,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            floor=floor,
+            sharpen=sharpen,
+            embeddings=embeddings,
+            relevance_file=relevance_file,
+        )
 
     def caption_cache(self) -> CaptionEmbeddingCache:
         """The caption-embedding cache these settings describe (the encoder loads lazily)."""
@@ -82,6 +148,9 @@ class ListwiseConfig:
     Triton kernels, CUDA) or ``auto`` (compiled on CUDA, chunked elsewhere).
     ``relevance_topk: K`` is an approximation that keeps only each query's K most relevant candidates
     as gains, in ``O(B*K*B)`` instead of ``O(B^3)``.
+    ``ideal_dcg`` is the loss's normaliser: ``paper`` (default; tied items share their group's best
+    ideal rank, so with several tied positives the loss cannot reach 0) or ``sorted`` (the standard
+    ideal DCG of the descending gains, as the evaluation NDCG computes it).
     """
 
     loss: str = "smooth_ndcg"
@@ -91,6 +160,7 @@ class ListwiseConfig:
     reference_compat: bool = False
     kernel: str = "auto"
     relevance_topk: int | None = None
+    ideal_dcg: str = "paper"
     relevance: RelevanceConfig = field(default_factory=RelevanceConfig)
 
     @classmethod
@@ -98,7 +168,8 @@ class ListwiseConfig:
         cfg = dict(cfg or {})
         _unknown(
             cfg,
-            {"loss", "weight", "tau", "combine", "reference_compat", "kernel", "relevance_topk", "relevance"},
+            {"loss", "weight", "tau", "combine", "reference_compat", "kernel", "relevance_topk", "relevance"}
+            | {"ideal_dcg"},
             _KEY,
         )
         loss = str(cfg.get("loss", "smooth_ndcg"))
@@ -126,10 +197,14 @@ class ListwiseConfig:
         topk = cfg.get("relevance_topk")
         if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
             raise ConfigError(f"{_KEY}.relevance_topk must be a positive integer or null, got {topk!r}")
+        ideal = str(cfg.get("ideal_dcg", "paper"))
+        if ideal not in IDEAL_DCG_RULES:
+            raise ConfigError(f"{_KEY}.ideal_dcg must be one of {list(IDEAL_DCG_RULES)}, got {ideal!r}")
         return cls(
             loss=loss,
             kernel=kernel,
             relevance_topk=topk,
+            ideal_dcg=ideal,
             weight=weight,
             tau=tau,
             combine=combine,
@@ -162,6 +237,18 @@ def _check_tau_gives_finite_loss(tau: float) -> None:
             f"{_KEY}.tau = {tau!r} gives non-finite smoothed ranks or gradients for cosine scores in "
             "[-1, 1] in float32 (the paper uses 0.01)"
         )
+
+
+def _existing_file(value: Any, key: str, suffixes: tuple[str, ...]) -> Path | None:
+    """``None`` for an unset key, else the absolute path of an existing file with one of ``suffixes``."""
+    if value in (None, ""):
+        return None
+    path = Path(str(value)).expanduser().resolve()
+    if path.suffix not in suffixes:
+        raise ConfigError(f"{key}: {str(path)!r} must be a {' or '.join(suffixes)} file")
+    if not path.is_file():
+        raise ConfigError(f"{key}: file {str(path)!r} does not exist")
+    return path
 
 
 def _number(value: Any, key: str) -> float:

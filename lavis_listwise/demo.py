@@ -4,7 +4,15 @@ Everything goes through the real LAVIS flow (``retrieval_listwise`` task, ``runn
 ``blip_retrieval_listwise`` from ``projects/demo/*.yaml``): the same model is trained twice from
 the same seed, once with ``model.listwise.weight: 0`` (LAVIS's ITC + ITM) and once with the S-NDCG
 term, then both are evaluated on the test split. Output: a table on stdout, ``results.json`` and
-``rankings.png`` (top-5 images of three fixed text queries for each model, with RSC relevance).
+``rankings.png`` (top-5 images of three fixed text queries for each model, with their ground-truth
+and training relevance).
+
+The generator knows every scene, so it writes each split's ground-truth relevance (the share of a
+caption's statements that hold in an image, :mod:`lavis_listwise.datasets.synthetic`); the demo
+passes the val and test files as ``run.gt_relevance``, so the table has the ``gt_*`` metrics
+(NDCG@K, mAP@R, R-Precision against the ground truth) next to the recalls and the RSC NDCG, and
+``results.json`` has ``relevance_agreement``: how well the training relevance matches the ground
+truth on those splits (:func:`lavis_listwise.evaluation.relevance_agreement`).
 """
 
 from __future__ import annotations
@@ -18,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
+from .evaluation.report import format_agreement
 from .resources import config_path
 
 __all__ = ["run_demo", "METRICS"]
@@ -28,14 +36,24 @@ __all__ = ["run_demo", "METRICS"]
 METRICS = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"] + [
     f"{d}_ndcg{k}" for k in (5, 10, 20) for d in ("txt", "img")
 ]
+#: Metrics against the generator's ground-truth relevance (``run.gt_relevance``).
+GT_METRICS = [f"gt_{d}_ndcg{k}" for k in (5, 10, 20) for d in ("txt", "img")] + [
+    f"gt_{d}_{m}" for m in ("map_r", "r_precision") for d in ("txt", "img")
+]
+METRICS += GT_METRICS
 DATASET = "datasets.retrieval_listwise_json.build_info"
+#: Evaluation splits the demo gives ground truth for (the YAML's valid_splits and test_splits).
+GT_SPLITS = ("val", "test")
 
 
 def _data_options(root: Path) -> list[str]:
+    from .datasets.synthetic import relevance_file
+
     opts = [f"{DATASET}.images.storage={root}"]
     opts += [
         f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val", "test")
     ]
+    opts += [f"run.gt_relevance.{s}={relevance_file(root, s)}" for s in GT_SPLITS]
     return opts
 
 
@@ -47,12 +65,14 @@ def _train_one(cfg_path: str, options: list[str], job_id: str) -> dict:
     logs = runner.train()
     task = runner.task
     score_i2t, score_t2i = task.last_scores
+    relevance_cfg = runner.unwrap_dist_model(runner.model).listwise_cfg.relevance
     return {
         "metrics": {k: float(logs["test"][k]) for k in METRICS},
         "score_t2i": torch.as_tensor(score_t2i),
         "dataset": runner.datasets["test"],
-        "relevance_cfg": runner.unwrap_dist_model(runner.model).listwise_cfg.relevance,
+        "relevance_cfg": relevance_cfg,
         "task": task,
+        "agreement": {s: task.relevance_agreement(runner.datasets[s], relevance_cfg) for s in GT_SPLITS},
         "output_dir": str(runner.output_dir),
     }
 
@@ -62,14 +82,33 @@ def _tile(path: Path, size: int) -> Image.Image:
 
 
 def draw_rankings(
-    out: Path, dataset, relevance: torch.Tensor, scores: dict, queries: list[int], k: int = 5
+    out: Path,
+    dataset,
+    relevance: torch.Tensor,
+    scores: dict,
+    queries: list[int],
+    k: int = 5,
+    ground_truth: torch.Tensor | None = None,
 ) -> None:
-    """For each query caption, the top-``k`` images of each model with their RSC relevance."""
-    tile, pad, label_h, text_h = 96, 8, 18, 34
+    """For each query caption, the top-``k`` images of each model with their relevance.
+
+    Under each image: its rank, its ground-truth relevance ``gt`` (when ``ground_truth`` is given;
+    ``gt 1.00`` is a plausible positive: every statement of the query holds) and the training
+    relevance ``train`` (``relevance``, RSC as the model trains on it). The query's annotated image
+    is framed in green and marked ``own``. A legend at the bottom says this.
+
+    Args:
+        relevance: ``[n_images, n_captions]`` training relevance of the split.
+        scores: model name -> ``[n_captions, n_images]`` text->image scores.
+        ground_truth: ``[n_images, n_captions]`` ground-truth relevance, or ``None``.
+    """
+    tile, pad, text_h = 96, 8, 34
+    label_h = 34 if ground_truth is not None else 18
     font = ImageFont.load_default(size=13)
     names = list(scores)
     width = pad + len(names) * (k * (tile + pad) + 2 * pad)
-    height = pad + len(queries) * (text_h + tile + label_h + 2 * pad) + 24
+    legend_h = 36 if ground_truth is not None else 0
+    height = pad + len(queries) * (text_h + tile + label_h + 2 * pad) + 24 + legend_h
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for m, name in enumerate(names):
@@ -88,19 +127,29 @@ def draw_rankings(
                 rel = float(relevance[img, q])
                 if gt:
                     draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], outline="green", width=3)
-                draw.text(
-                    (x, y + tile + 2), f"#{r + 1} rel {rel:.2f}{' GT' if gt else ''}", fill="black", font=font
-                )
+                if ground_truth is None:
+                    label = f"#{r + 1} rel {rel:.2f}{' GT' if gt else ''}"
+                else:
+                    own = " own" if gt else ""
+                    label = f"#{r + 1} gt {float(ground_truth[img, q]):.2f}{own}\ntrain {rel:.2f}"
+                draw.text((x, y + tile + 2), label, fill="black", font=font, spacing=2)
         y += tile + label_h + 2 * pad
+    if ground_truth is not None:
+        legend = (
+            "gt: ground-truth relevance from the scenes (1.00: every statement of the query holds)\n"
+            "train: the relevance the model trains on;  own / green frame: the query's annotated image"
+        )
+        draw.text((pad, y), legend, fill="black", font=font)
     canvas.save(out)
 
 
 def _table(rows: dict[str, dict[str, float]]) -> str:
     names = list(rows)
-    head = f"{'metric':<12}" + "".join(f"{n:>14}" for n in names)
+    width = max(len(k) for k in ["metric", *METRICS]) + 2
+    head = f"{'metric':<{width}}" + "".join(f"{n:>14}" for n in names)
     lines = [head, "-" * len(head)]
     for key in METRICS:
-        lines.append(f"{key:<12}" + "".join(f"{rows[n][key]:>14.2f}" for n in names))
+        lines.append(f"{key:<{width}}" + "".join(f"{rows[n][key]:>14.2f}" for n in names))
     return "\n".join(lines)
 
 
@@ -116,10 +165,11 @@ def run_demo(
     """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
     from .config import default_cache_dir
     from .datasets.synthetic import ensure_synthetic_dataset
+    from .train import read_yaml_file
 
     start = time.time()
     cfg_path = cfg_path or config_path(f"projects/demo/{'demo_quick' if quick else 'demo'}.yaml")
-    spec = OmegaConf.load(cfg_path).demo
+    spec = read_yaml_file(cfg_path).demo  # a missing or malformed --cfg-path is one message
     data = dict(spec.data)
     weight = float(spec.listwise_weight if listwise_weight is None else listwise_weight)
     seeds = list(seeds or [0])
@@ -152,10 +202,19 @@ def run_demo(
 
     first = runs[seeds[0]]
     dataset = first["pairwise"]["dataset"]
-    relevance = first["pairwise"]["task"].eval_relevance(dataset, first["pairwise"]["relevance_cfg"])
+    relevance_cfg = first["pairwise"]["relevance_cfg"]
+    relevance = first["pairwise"]["task"].eval_relevance(dataset, relevance_cfg)
     queries = [q % len(dataset.text) for q in spec.queries]
     png = output_dir / "rankings.png"
-    draw_rankings(png, dataset, relevance, {n: first[n]["score_t2i"] for n in names}, queries)
+    scores = {n: first[n]["score_t2i"] for n in names}
+    draw_rankings(png, dataset, relevance, scores, queries, ground_truth=dataset.ground_truth.relevance)
+    # the training relevance is the same for both models (only the loss weight differs)
+    agreement = {"relevance": relevance_cfg.describe(), **first["pairwise"]["agreement"]}
+    if relevance_cfg.relevance_file is not None:
+        agreement["note"] = (
+            "the training relevance is a file for the train split; the numbers are those of RSC "
+            "(the evaluation's relevance) on the evaluation splits"
+        )
 
     elapsed = time.time() - start
     result = {
@@ -166,12 +225,18 @@ def run_demo(
         "per_seed": {str(s): {n: runs[s][n]["metrics"] for n in names} for s in seeds},
         "mean": mean,
         "difference_std": std,
+        "relevance_agreement": agreement,
         "picture": str(png),
         "elapsed_s": round(elapsed, 1),
     }
     (output_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     title = f"test split, mean over seeds {seeds}" if len(seeds) > 1 else f"test split, seed {seeds[0]}"
-    print(f"\n[demo] {title} (R@K and NDCG@K in %; NDCG against RSC relevance)")
+    print(f"\n[demo] agreement of the training relevance ({agreement['relevance']}) with the ground truth:")
+    print("\n".join(format_agreement(s, agreement[s]) for s in GT_SPLITS))
+    print(
+        f"\n[demo] {title} (in %; ndcg: NDCG against the training relevance (RSC); gt_*: against the "
+        "generator's ground-truth relevance)"
+    )
     print(_table(mean))
     if len(seeds) > 1:
         print("std of the difference: " + ", ".join(f"{k} {v:.2f}" for k, v in std.items()))

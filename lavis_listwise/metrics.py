@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["recall_at_k", "ndcg_at_k", "dcg_discounts", "lavis_recalls"]
+__all__ = ["recall_at_k", "ndcg_at_k", "map_at_r", "r_precision", "map_at_r_and_r_precision"]
+__all__ += ["dcg_discounts", "lavis_recalls"]
 
 #: Elements of one row chunk (rows x candidates) handled at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -90,6 +91,67 @@ def ndcg_at_k(scores, relevance, k: int) -> float:
         ideal = (torch.expm1(r.topk(k, dim=1).values * 0.6931471805599453) * discounts).sum(dim=1)
         total += float(torch.where(ideal > 0, dcg / ideal.clamp(min=1e-300), torch.zeros_like(dcg)).sum())
     return total / s.shape[0]
+
+
+def _precision_at_positives(scores, positive_mask) -> tuple[Tensor, Tensor]:
+    """Per row: mAP@R and R-Precision, ``R`` = the row's number of positives.
+
+    Candidates are ranked by a stable descending sort (tied scores: lower index first), one row chunk
+    at a time; only the first ``max R`` positions of a chunk are kept.
+    """
+    s, pos, _ = _check(scores, positive_mask, "positive_mask", 1)
+    pos = pos.to(torch.bool)
+    n_pos = pos.sum(dim=1)
+    empty = (n_pos == 0).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{empty.numel()} query row(s) have no positive (first: {empty[:5].tolist()}); mAP@R and "
+            "R-Precision need at least one per query"
+        )
+    map_r = torch.empty(s.shape[0], dtype=torch.float64)
+    r_prec = torch.empty(s.shape[0], dtype=torch.float64)
+    for rows in _row_chunks(*s.shape):
+        r = n_pos[rows]
+        depth = int(r.max())
+        order = s[rows].sort(dim=1, descending=True, stable=True).indices[:, :depth]
+        hit = pos[rows].gather(1, order).to(torch.float64)  # [rows, depth]
+        position = torch.arange(1, depth + 1, dtype=torch.float64, device=s.device)
+        within = position[None, :] <= r[:, None]  # the first R positions of each row
+        hit = hit * within
+        precision = hit.cumsum(dim=1) / position  # P@i for i <= depth
+        map_r[rows] = ((precision * hit).sum(dim=1) / r).cpu()
+        r_prec[rows] = (hit.sum(dim=1) / r).cpu()
+    return map_r, r_prec
+
+
+def map_at_r(scores, positive_mask) -> float:
+    """Mean over rows of mAP@R (Musgrave et al. 2020, as ECCV Caption reports it).
+
+    For a query with ``R`` positives: ``mAP@R = (1/R) sum_{i=1..R} P@i * rel_i``, with ``rel_i``
+    1 if the candidate at rank ``i`` is a positive and ``P@i`` the precision of the top ``i``.
+    Tied scores are ranked lower candidate index first.
+
+    Args:
+        scores: ``[Q, N]`` score of each candidate for each query.
+        positive_mask: ``[Q, N]`` bool, at least one positive per row.
+    Returns:
+        mAP@R in ``[0, 1]``.
+    Raises:
+        ValueError if a row has no positive.
+    """
+    return float(_precision_at_positives(scores, positive_mask)[0].mean())
+
+
+def r_precision(scores, positive_mask) -> float:
+    """Mean over rows of R-Precision: the share of positives among a query's top ``R``, ``R`` its
+    number of positives. Same ranking and requirements as :func:`map_at_r`."""
+    return float(_precision_at_positives(scores, positive_mask)[1].mean())
+
+
+def map_at_r_and_r_precision(scores, positive_mask) -> tuple[float, float]:
+    """:func:`map_at_r` and :func:`r_precision` from one ranking pass."""
+    map_r, r_prec = _precision_at_positives(scores, positive_mask)
+    return float(map_r.mean()), float(r_prec.mean())
 
 
 def lavis_recalls(score_i2t, score_t2i, txt2img: dict, img2txt: dict) -> dict[str, float]:

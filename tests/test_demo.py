@@ -33,6 +33,27 @@ def test_demo_quick_end_to_end(tmp_path):
     for key, diff in results["mean"]["difference"].items():
         assert abs(diff - (listwise[key] - pairwise[key])) < 1e-9
         assert 0 <= pairwise[key] <= 100 and 0 <= listwise[key] <= 100
+    # against the generator's ground truth, both directions, for each model
+    gt_keys = [
+        f"gt_{d}_{m}" for d in ("txt", "img") for m in ("ndcg5", "ndcg10", "ndcg20", "map_r", "r_precision")
+    ]
+    for name in ("pairwise", "listwise"):
+        per_seed = results["per_seed"]["0"][name]
+        assert all(key in per_seed and 0 < per_seed[key] <= 100 for key in gt_keys), per_seed
+        assert per_seed["gt_txt_ndcg10"] != per_seed["txt_ndcg10"]  # a different relevance than RSC
+    assert "gt_txt_map_r" in table and "gt_img_r_precision" in table
+    # how well the training relevance (RSC) agrees with the ground truth, before any training
+    agreement = results["relevance_agreement"]
+    assert agreement["relevance"] == "RSC (1 + cos) / 2"
+    for split in ("val", "test"):
+        values = agreement[split]
+        assert 0.1 < values["spearman_i2t"] < 0.9 and 0.1 < values["spearman_t2i"] < 0.9, values
+        assert 0 < values["ndcg10_i2t"] < 100 and 0 < values["ndcg10_t2i"] < 100
+        assert (
+            0.5 < values["gain_p50"] < 0.9
+        )  # the paper's mapping keeps other captions near a positive's gain
+        assert values["gain_mean_gt_zero"] < values["gain_mean_gt_positive"]
+    assert "agreement of the training relevance (RSC (1 + cos) / 2) with the ground truth" in out.stdout
     picture = Image.open(tmp_path / "out" / "rankings.png")
     assert picture.width > 800 and picture.height > 300
     # both runs went through LAVIS's runner: each has its own run directory with metrics

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lavis_listwise.metrics as metrics
-from lavis_listwise.metrics import ndcg_at_k, recall_at_k
+from lavis_listwise.metrics import map_at_r, map_at_r_and_r_precision, ndcg_at_k, r_precision, recall_at_k
 
 
 def test_ndcg_hand_computed():
@@ -66,6 +66,48 @@ def test_chunking_gives_the_same_result(monkeypatch):
     full = (ndcg_at_k(scores, rel, 5), recall_at_k(scores, pos, 5))
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 50)  # two rows per chunk
     assert (ndcg_at_k(scores, rel, 5), recall_at_k(scores, pos, 5)) == pytest.approx(full, rel=1e-12)
+
+
+def test_map_at_r_and_r_precision_hand_computed():
+    # row 0: R = 2, ranking [p, n, p, ...]: P@1 = 1, the 2nd position is not a positive -> (1 + 0) / 2
+    # row 1: R = 1, ranking [n, p]: mAP@R = 0, R-Precision = 0; row 2: R = 3, all first -> 1
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.9, 0.8, 0.1, 0.0], [0.4, 0.3, 0.2, 0.1]])
+    pos = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    assert map_at_r(scores, pos) == pytest.approx((0.5 + 0 + 1) / 3)
+    assert r_precision(scores, pos) == pytest.approx((0.5 + 0 + 1) / 3)
+    # positions past R never count: [n, p, p] with R = 2 -> (0 + 1/2) / 2
+    row = torch.tensor([[0.9, 0.8, 0.7]]), torch.tensor([[0, 1, 1]], dtype=torch.bool)
+    assert map_at_r(*row) == pytest.approx(0.25) and r_precision(*row) == pytest.approx(0.5)
+    # ties: lower candidate index first
+    assert map_at_r(torch.zeros(1, 3), torch.tensor([[0, 0, 1]], dtype=torch.bool)) == 0.0
+    assert map_at_r(torch.zeros(1, 3), torch.tensor([[1, 0, 0]], dtype=torch.bool)) == 1.0
+    with pytest.raises(ValueError, match=r"1 query row\(s\) have no positive \(first: \[1\]\)"):
+        map_at_r(scores, pos & torch.tensor([[True], [False], [True]]))
+
+
+def test_map_at_r_matches_eccv_caption():
+    """Against ECCV Caption's own implementation (``eccv_caption._metrics.compute_eccv_metrics``)."""
+    from eccv_caption._metrics import compute_eccv_metrics
+
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((40, 60))  # untied
+    pos = rng.random((40, 60)) < 0.1
+    pos[np.arange(40), rng.integers(0, 60, 40)] = True
+    ranked = {q: list(np.argsort(-scores[q])) for q in range(40)}
+    ref = compute_eccv_metrics(ranked, {q: list(np.flatnonzero(pos[q])) for q in range(40)})
+    both = map_at_r_and_r_precision(torch.from_numpy(scores), torch.from_numpy(pos))
+    assert both == pytest.approx((ref["eccv_map_at_r"], ref["eccv_rprecision"]), rel=1e-12)
+    assert map_at_r(torch.from_numpy(scores), torch.from_numpy(pos)) == both[0]
+    assert r_precision(torch.from_numpy(scores), torch.from_numpy(pos)) == both[1]
+
+
+def test_map_at_r_chunking_gives_the_same_result(monkeypatch):
+    torch.manual_seed(1)
+    scores, pos = torch.randn(37, 23), torch.rand(37, 23) > 0.7
+    pos[:, 0] = True
+    full = map_at_r_and_r_precision(scores, pos)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 50)  # two rows per chunk
+    assert map_at_r_and_r_precision(scores, pos) == pytest.approx(full, rel=1e-12)
 
 
 def test_bad_input():

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from lavis_listwise.relevance import (
     caption_cache_key,
     default_encoder_path,
     rsc_relevance,
+    shape_cosines,
 )
 
 
@@ -115,3 +117,116 @@ def test_cache_hit_miss_and_corruption(tmp_path, minilm, caplog):
 
     with pytest.raises(ValueError, match="empty"):
         cache.get([])
+
+
+# ----------------------------------------------------------------------------- shaping
+def _unit(angles_deg):
+    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles_deg])
+
+
+def test_shaping_floor_and_sharpen_hand_computed():
+    img = _unit([0.0]).view(1, 1, 2)
+    cand = _unit([0.0, 60.0, 90.0, 180.0])  # cos 1, 0.5, 0, -1
+    positive = torch.tensor([[False, False, False, True]])  # a positive stays 1 whatever its cosine
+    cos = torch.tensor([1.0, 0.5, 0.0, -1.0])
+    paper = rsc_relevance(img, cand, positive)
+    torch.testing.assert_close(paper[0, :3], (1 + cos[:3]) / 2)
+    assert paper[0, 3] == 1.0
+    floored = rsc_relevance(img, cand, positive, floor=0.2)
+    torch.testing.assert_close(floored[0], torch.tensor([1.0, 0.3 / 0.8, 0.0, 1.0]))
+    sharp = rsc_relevance(img, cand, positive, sharpen=3.0)
+    torch.testing.assert_close(sharp[0, :3], ((1 + cos[:3]) / 2) ** 3)
+    both = rsc_relevance(img, cand, positive, floor=0.2, sharpen=2.0)
+    torch.testing.assert_close(both[0], torch.tensor([1.0, (0.3 / 0.8) ** 2, 0.0, 1.0]))
+    # floor -1 is the paper's mapping; the defaults are the paper's bit for bit
+    torch.testing.assert_close(rsc_relevance(img, cand, positive, floor=-1.0), paper, rtol=0, atol=1e-7)
+    torch.testing.assert_close(shape_cosines(cos.clone()), (1 + cos) / 2, rtol=0, atol=0)
+    for bad in ({"floor": 1.0}, {"floor": -1.5}, {"sharpen": 0.0}, {"sharpen": float("inf")}):
+        with pytest.raises(ValueError, match="floor|sharpen"):
+            rsc_relevance(img, cand, positive, **bad)
+
+
+def test_relevance_config_shaping_keys(tmp_path):
+    from lavis_listwise.config import RelevanceConfig
+
+    default = RelevanceConfig.from_cfg({})
+    assert default.shaping == {"floor": None, "sharpen": 1.0} and default.describe() == "RSC (1 + cos) / 2"
+    shaped = RelevanceConfig.from_cfg({"floor": 0.4, "sharpen": 2})
+    assert shaped.shaping == {"floor": 0.4, "sharpen": 2.0}
+    assert shaped.describe() == "RSC floor 0.4, sharpen 2"
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.zeros((3, 4), dtype=np.float32))
+    rel = tmp_path / "rel.npz"
+    np.savez(rel, image=np.array([0]), caption=np.array([0]), relevance=np.array([1.0]))
+    assert RelevanceConfig.from_cfg({"embeddings": str(emb)}).embeddings == emb.resolve()
+    assert (
+        RelevanceConfig.from_cfg({"relevance_file": str(rel)}).describe() == f"relevance file {rel.resolve()}"
+    )
+    key = "model.listwise.relevance"
+    for cfg, match in (
+        ({"floor": 1.0}, rf"{key}.floor must be a cosine in \[-1, 1\)"),
+        ({"floor": "low"}, rf"{key}.floor must be a number"),
+        ({"sharpen": -1}, rf"{key}.sharpen must be > 0"),
+        ({"embeddings": str(tmp_path / "none.npy")}, rf"{key}.embeddings: file .* does not exist"),
+        ({"embeddings": str(rel)}, rf"{key}.embeddings: .* must be a .npy file"),
+        (
+            {"relevance_file": str(emb.with_suffix(".txt"))},
+            rf"{key}.relevance_file: .* must be a .npy or .npz",
+        ),
+        ({"embeddings": str(emb), "relevance_file": str(rel)}, "embeddings or relevance_file, not both"),
+        ({"relevance_file": str(rel), "floor": 0.5}, "do not apply to relevance_file"),
+        ({"flor": 0.5}, rf"{key}: unknown key\(s\) \['flor'\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            RelevanceConfig.from_cfg(cfg)
+
+
+def test_precomputed_embeddings_and_relevance_file_feed_the_model(tmp_path):
+    """``relevance.embeddings`` replaces the encoded table; ``relevance.relevance_file`` replaces RSC
+    (dense or sparse), same-image pairs staying 1; a file that does not fit the training split is an
+    error naming the key."""
+    from lavis.common.registry import registry
+    from test_models import batch, tiny_cfg
+
+    from lavis_listwise.config import ListwiseConfig
+    from lavis_listwise.errors import DataError
+    from lavis_listwise.relevance import rsc_relevance_from_table
+
+    arch = "blip_retrieval_listwise"
+    model = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=1.0)).train()
+    samples = batch()  # 4 images, 2 captions each, caption rows of a 20-caption table
+    ids, caps, image_caps = samples["image_id"], samples["caption_index"], samples["image_caption_index"]
+    assert model.load_precomputed_relevance(20, 4) is False  # nothing precomputed: RSC from the encoder
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=-1)
+    np.save(tmp_path / "emb.npy", table.numpy())
+    model.listwise_cfg = ListwiseConfig.from_cfg(
+        {"weight": 1.0, "relevance": {"embeddings": str(tmp_path / "emb.npy"), "floor": 0.1}}
+    )
+    with pytest.raises(
+        DataError, match=r"model.listwise.relevance.embeddings: .* has 20 rows, but the training"
+    ):
+        model.load_precomputed_relevance(21, 4)
+    assert model.load_precomputed_relevance(20, 4) is True
+    positive = ids[:, None] == ids[None, :]
+    expected = rsc_relevance_from_table(
+        table.half().float(), image_caps, caps, positive, floor=0.1
+    )  # the model keeps its table in fp16
+    torch.testing.assert_close(model.batch_relevance(caps, image_caps, ids), expected)
+
+    relevance = torch.rand(4, 20, generator=g)
+    np.save(tmp_path / "rel.npy", relevance.numpy())
+    image, caption = np.nonzero(relevance.numpy() > 0.5)
+    np.savez(tmp_path / "rel.npz", image=image, caption=caption, relevance=relevance.numpy()[image, caption])
+    for name, lookup in (("rel.npy", relevance), ("rel.npz", relevance * (relevance > 0.5))):
+        model.listwise_cfg = ListwiseConfig.from_cfg(
+            {"weight": 1.0, "relevance": {"relevance_file": str(tmp_path / name)}}
+        )
+        with pytest.raises(DataError, match=r"model.listwise.relevance.relevance_file: .*"):
+            model.load_precomputed_relevance(20, 3)  # dense: the shape; sparse: image indices out of range
+        assert model.load_precomputed_relevance(20, 4) is True
+        got = model.batch_relevance(caps, image_caps, ids)
+        torch.testing.assert_close(got, lookup[ids][:, caps].masked_fill(positive, 1.0))
+        out = model(samples)  # the listwise term trains on it
+        assert torch.isfinite(out.loss_listwise) and out.loss_listwise > 0

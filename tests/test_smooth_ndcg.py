@@ -20,13 +20,18 @@ def _inputs(q, n, dtype=torch.float64, seed=0, spread=0.05):
     return scores, relevance
 
 
+@pytest.mark.parametrize("ideal", ["paper", "sorted"])
 @pytest.mark.parametrize("q,n", [(6, 40), (1, 7), (9, 3), (4, 1), (1, 1), (3, 130)])
-def test_gradcheck_closed_form_backward(q, n):
+def test_gradcheck_closed_form_backward(q, n, ideal):
     scores, relevance = _inputs(q, n)
+    relevance[:, ::3] = 1.0  # tied positives, where the two ideal-DCG rules differ
     scores.requires_grad_()
     # small tiles so several query chunks and candidate blocks are exercised
     assert torch.autograd.gradcheck(
-        lambda s: _SmoothNDCG.apply(s, relevance, 0.05, 16, 2048, "torch"), (scores,), eps=1e-6, atol=1e-7
+        lambda s: _SmoothNDCG.apply(s, relevance, 0.05, 16, 2048, "torch", ideal),
+        (scores,),
+        eps=1e-6,
+        atol=1e-7,
     )
 
 
@@ -184,7 +189,15 @@ def test_relevance_topk_gradcheck_and_errors():
     scores, relevance = _inputs(4, 12)
     scores.requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda s: _SparseSmoothNDCG.apply(s, relevance, 0.05, 5, 1024), (scores,), eps=1e-6, atol=1e-7
+        lambda s: _SparseSmoothNDCG.apply(s, relevance, 0.05, 5, 1024, "paper"),
+        (scores,),
+        eps=1e-6,
+        atol=1e-7,
+    )
+    tied = relevance.clone()
+    tied[:, :4] = 1.0
+    assert torch.autograd.gradcheck(
+        lambda s: _SparseSmoothNDCG.apply(s, tied, 0.05, 5, 1024, "sorted"), (scores,), eps=1e-6, atol=1e-7
     )
     with pytest.raises(ValueError, match="relevance_topk"):
         SmoothNDCGLoss(relevance_topk=0)
@@ -193,6 +206,10 @@ def test_relevance_topk_gradcheck_and_errors():
     with pytest.raises(ValueError, match="model.listwise.relevance_topk"):
         ListwiseConfig.from_cfg({"relevance_topk": -2})
     assert ListwiseConfig.from_cfg({"relevance_topk": 8}).relevance_topk == 8
+    assert ListwiseConfig.from_cfg({}).ideal_dcg == "paper"
+    assert ListwiseConfig.from_cfg({"ideal_dcg": "sorted"}).ideal_dcg == "sorted"
+    with pytest.raises(ValueError, match="model.listwise.ideal_dcg"):
+        ListwiseConfig.from_cfg({"ideal_dcg": "standard"})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -243,3 +260,53 @@ def test_ideal_dcg_ties_share_the_best_rank():
     greater = (relevance.unsqueeze(1) > relevance.unsqueeze(2)).sum(dim=2)  # [q, i] = #{j : r_j > r_i}
     expected = (gains / torch.log2(2.0 + greater.double())).sum(dim=1)
     torch.testing.assert_close(ideal_dcg(gains, relevance), expected, rtol=1e-12, atol=0)
+
+
+def test_sorted_ideal_dcg_reaches_zero_on_a_perfect_row_with_tied_positives():
+    """Three tied positives ranked first, then graded items in order: the standard ideal DCG makes
+    the loss 0; the paper's tie rule gives each positive rank 1 in IDCG, a floor no ranking reaches."""
+    relevance = torch.tensor([[1.0, 1.0, 1.0, 0.7, 0.4, 0.0, 0.0]], dtype=torch.float64)
+    scores = torch.tensor([[0.9, 0.6, 0.3, 0.0, -0.3, -0.6, -0.9]], dtype=torch.float64)  # gaps >> tau
+    sorted_loss = smooth_ndcg_loss(scores, relevance, tau=0.01, ideal_dcg="sorted")
+    paper_loss = smooth_ndcg_loss(scores, relevance, tau=0.01, ideal_dcg="paper")
+    assert sorted_loss.item() == pytest.approx(0.0, abs=1e-12)
+    gains = [1, 1, 1, 2**0.7 - 1, 2**0.4 - 1]
+    dcg = sum(g / math.log2(2 + p) for p, g in enumerate(gains))
+    paper_idcg = 3.0 + (2**0.7 - 1) / math.log2(5) + (2**0.4 - 1) / math.log2(6)  # ranks 1, 1, 1, 4, 5
+    assert paper_loss.item() == pytest.approx(1 - dcg / paper_idcg, rel=1e-9)
+    assert paper_loss.item() > 0.2
+    # the same holds on the sparse path and through the module
+    topk = smooth_ndcg_loss(scores, relevance, tau=0.01, relevance_topk=5, ideal_dcg="sorted")
+    assert topk.item() == pytest.approx(0.0, abs=1e-12)
+    module = SmoothNDCGLoss(tau=0.01, ideal_dcg="sorted")
+    assert module(scores, relevance).item() == pytest.approx(0.0, abs=1e-12)
+    assert "ideal_dcg='sorted'" in repr(module)
+
+
+def test_sorted_ideal_dcg_is_the_evaluation_normaliser():
+    """``ideal_dcg(rule="sorted")`` is the ideal DCG of ``metrics.ndcg_at_k`` (k = N), and equals the
+    paper's rule on rows without tied non-zero gains."""
+    from lavis_listwise.losses.smooth_ndcg import ideal_dcg
+    from lavis_listwise.metrics import ndcg_at_k
+
+    g = torch.Generator().manual_seed(5)
+    relevance = (torch.rand(8, 30, generator=g, dtype=torch.float64) * 4).round() / 4
+    gains = torch.expm1(relevance * math.log(2))
+    scores = torch.rand(8, 30, generator=g, dtype=torch.float64)
+    order = scores.argsort(dim=1, descending=True)
+    dcg = (gains.gather(1, order) / torch.log2(torch.arange(30, dtype=torch.float64) + 2)).sum(1)
+    per_row = [ndcg_at_k(scores[i : i + 1], relevance[i : i + 1], 30) for i in range(8)]
+    torch.testing.assert_close(
+        dcg / ideal_dcg(gains, relevance, "sorted"), torch.tensor(per_row, dtype=torch.float64)
+    )
+    untied = torch.rand(4, 30, generator=g, dtype=torch.float64)
+    untied_gains = torch.expm1(untied * math.log(2))
+    torch.testing.assert_close(
+        ideal_dcg(untied_gains, untied, "sorted"), ideal_dcg(untied_gains, untied, "paper")
+    )
+    with pytest.raises(ValueError, match="ideal_dcg"):
+        ideal_dcg(gains, relevance, "best")
+    with pytest.raises(ValueError, match="ideal_dcg"):
+        smooth_ndcg_loss(scores, relevance, ideal_dcg="best")
+    with pytest.raises(ValueError, match="ideal_dcg"):
+        SmoothNDCGLoss(ideal_dcg="best")

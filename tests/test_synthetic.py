@@ -11,9 +11,12 @@ from PIL import Image
 from lavis_listwise.datasets.synthetic import (
     BACKGROUNDS,
     COLOURS,
+    POSITIONS,
     SHAPE_WORDS,
+    SIZE_WORDS,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
+    relevance_file,
 )
 
 SMALL = dict(n_train=4, n_val=3, n_test=2, image_size=32, seed=3)
@@ -75,7 +78,8 @@ def test_layout_matches_lavis_coco_retrieval(tmp_path, image_size):
     assert [s["image"] for s in scenes["val"]] == [e["image"] for e in _load(root, "val")]
     marker = json.loads((root / "COMPLETE.json").read_text())
     assert marker["params"]["image_size"] == image_size and "generator_version" in marker["params"]
-    assert marker["file_count"] == len(marker["files"]) == 7 + 4  # images, 3 annotation files, scenes.json
+    # images, 3 annotation files, scenes.json, 3 relevance files
+    assert marker["file_count"] == len(marker["files"]) == 7 + 4 + 3
     assert sorted(marker["files"]) == sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "COMPLETE.json"
     )
@@ -103,6 +107,29 @@ def test_captions_and_pixels_agree_with_scene(tmp_path):
             if all(o["size"] == "large" for o in objects):
                 assert not _words(text, {"small", "little", "tiny"}), caption
             assert not _words(text, {"two", "three"} - {{2: "two", 3: "three"}.get(len(objects))}), caption
+        # the stored statements are what the caption says, and they hold in the scene
+        for caption, stated in zip(entry["caption"], scene["captions"]):
+            text = caption.lower()
+            assert stated["caption"] == caption
+            for mention in stated["objects"]:
+                assert mention["colour"] in text and any(w in text for w in SHAPE_WORDS[mention["shape"]])
+                if "size" in mention:
+                    assert _words(text, SIZE_WORDS[mention["size"]]), caption
+                if "position" in mention:
+                    assert any(p in text for p in POSITIONS[mention["position"]][1]), caption
+                assert any(all(o[k] == v for k, v in mention.items()) for o in objects), caption
+            said_colours = _words(text, COLOURS)
+            assert said_colours == {m["colour"] for m in stated["objects"]}, caption
+            if stated["background"] is None:
+                assert not _words(text, BACKGROUNDS), caption
+            else:
+                assert stated["background"]["colour"] in text
+                assert all(scene["background"][k] == v for k, v in stated["background"].items())
+            if stated["count"] is not None:
+                assert stated["count"] == len(objects)
+                assert _words(text, {"one", "two", "three"}) == {
+                    {1: "one", 2: "two", 3: "three"}[len(objects)]
+                }
         image = _pixels(root / scene["image"]).astype(np.float32)
         for o in objects:  # the centre of every shape is filled with (roughly) its named colour
             centre = image[int(o["y"] * 64), int(o["x"] * 64)]
@@ -251,3 +278,36 @@ def test_relevance_is_graded_by_shared_attributes(tmp_path, minilm):
     shared = [len(attrs[i] & attrs[j]) for i, j in pairs]
     rho = np.corrcoef(_ranks(shared), _ranks([similarity(i, j) for i, j in pairs]))[0, 1]
     assert rho > 0.4, rho
+
+
+def test_captions_and_images_are_those_of_version_1(tmp_path):
+    """Version 2 only adds statements and relevance files: the annotation files are byte for byte the
+    ones version 1 wrote for these parameters (sha256 recorded from version 1)."""
+    import hashlib
+
+    root = generate_synthetic_dataset(tmp_path / "ds", **SMALL)
+    digest = hashlib.sha256(
+        b"".join((root / "annotations" / f"{s}.json").read_bytes() for s in ("train", "val", "test"))
+    )
+    assert digest.hexdigest() == "aff48056343bc2264641fb2f07a4c372e23ca2d37bbc31f49f2bf2fcb6ba7f69"
+
+
+def test_relevance_files_hold_the_ground_truth_in_lavis_order(tmp_path):
+    from lavis_listwise.datasets.synthetic import caption_relevance
+
+    root = generate_synthetic_dataset(tmp_path / "ds", **SMALL)
+    scenes = json.loads((root / "scenes.json").read_text())
+    for split, n in (("train", 4), ("val", 3), ("test", 2)):
+        matrix = np.load(relevance_file(root, split))
+        assert matrix.shape == (n, 5 * n) and matrix.dtype == np.float32
+        statements = [c for scene in scenes[split] for c in scene["captions"]]
+        if split == "train":  # columns are the annotation entries, in order
+            assert [c["caption"] for c in statements] == [e["caption"] for e in _load(root, split)]
+        else:  # columns are each image's caption list in turn (LAVIS's dataset.text order)
+            assert [c["caption"] for c in statements] == [c for e in _load(root, split) for c in e["caption"]]
+        expected = [[caption_relevance(sc, st) for st in statements] for sc in scenes[split]]
+        np.testing.assert_allclose(matrix, expected, atol=1e-6, rtol=0)
+        for i in range(n):
+            assert (matrix[i, 5 * i : 5 * i + 5] == 1.0).all()
+    with pytest.raises(ValueError, match="split must be one of"):
+        relevance_file(root, "dev")

@@ -11,12 +11,44 @@ Layout under ``root`` (LAVIS's ``coco_retrieval`` builder reads it with ``images
     images/{train,val,test}/<split>_NNNNNN.jpg
     annotations/train.json   one entry per caption: {"image", "caption", "image_id"}
     annotations/{val,test}.json   one entry per image: {"image", "caption": [5 captions]}
-    scenes.json              structured attributes of every image, per split
+    scenes.json              structured attributes of every image and the statements of each of its
+                             captions, per split
+    relevance/{train,val,test}.npy   ground-truth relevance [n_images, n_captions] (float32)
     COMPLETE.json            parameters and file sizes, written last
+
+**Caption statements and ground-truth relevance.** Every caption is generated from explicit
+statements, stored next to it in ``scenes.json``::
+
+    {"caption": "...", "objects": [{"colour": "red", "shape": "circle", "size": "small"}, ...],
+     "background": {"colour": "white", "style": "plain"} | null, "count": 2 | null}
+
+Each mentioned object lists only the attributes the caption states (colour and shape always; size
+and position when the caption says them); ``background`` holds the background colour and, when the
+caption names it, its style; ``count`` is the number of objects when the caption says it ("two
+shapes", "just one star"). The graded relevance of caption ``t`` to image ``i``
+(:func:`caption_relevance`, vectorised in :func:`ground_truth_relevance`) is the share of the
+caption's statements that hold in image ``i``::
+
+    stated(t)     = sum_m |A_m| + [background colour stated] + [background style stated] + [count stated]
+    matched(i, t) = max over one-to-one assignments s of t's mentioned objects m to distinct objects
+                    of image i of  sum_m #{a in A_m : attribute a of object s(m) equals m's}
+                    + [background colour holds] + [background style holds] + [count holds]
+    r(i, t)       = matched(i, t) / stated(t)   in [0, 1]
+
+``A_m`` is the set of attributes stated for mentioned object ``m``. Attributes are bound per object
+(a "red circle" needs one object that is both red and a circle) and every statement weighs the same.
+A mentioned object left without a partner (the image has fewer objects) matches nothing.
+``r(i, t) = 1`` exactly when every statement holds: the caption is a *plausible positive* of the
+image, the analog of ECCV Caption's human-verified positives (every caption is one of its own
+image). The files under ``relevance/`` hold ``r`` for each split in LAVIS's order: rows are images
+in annotation order, columns are captions in annotation order (train) or in the flattened order
+of each image's caption list (val/test, LAVIS's ``dataset.text``), the format
+``run.gt_relevance`` reads (:mod:`lavis_listwise.evaluation.ground_truth`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -32,14 +64,21 @@ from PIL import Image, ImageDraw
 
 __all__ = ["generate_synthetic_dataset", "ensure_synthetic_dataset", "sample_scene", "caption_scene"]
 __all__ += ["render_scene", "GENERATOR_VERSION", "COLOURS", "SHAPE_WORDS", "POSITIONS"]
+__all__ += ["caption_scene_with_statements", "caption_relevance", "ground_truth_relevance"]
+__all__ += ["relevance_file", "RELEVANCE_DIR"]
 
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the output for given parameters changes; part of the reuse check.
-GENERATOR_VERSION = 1
+#: Version 2 adds the caption statements to ``scenes.json`` and the ``relevance/`` files.
+GENERATOR_VERSION = 2
+#: Version of the random streams: images and captions are those of generator version 1.
+_RANDOM_STREAM_VERSION = 1
 SPLITS = ("train", "val", "test")
 CAPTIONS_PER_IMAGE = 5
-_OWN_ENTRIES = {"images", "annotations", "scenes.json", "COMPLETE.json"}
+#: Ground-truth relevance files, ``relevance/<split>.npy`` (see the module docstring).
+RELEVANCE_DIR = "relevance"
+_OWN_ENTRIES = {"images", "annotations", RELEVANCE_DIR, "scenes.json", "COMPLETE.json"}
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -124,9 +163,13 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _np(obj: dict, rng: random.Random, size_p: float = 0.6) -> str:
+def _np(obj: dict, rng: random.Random, size_p: float = 0.6) -> tuple[str, dict]:
+    """A noun phrase for ``obj`` and the attributes it states (colour, shape and maybe size)."""
+    stated = {"colour": obj["colour"], "shape": obj["shape"]}
     size = rng.choice(SIZE_WORDS[obj["size"]]) + " " if rng.random() < size_p else ""
-    return _a(f"{size}{obj['colour']} {rng.choice(SHAPE_WORDS[obj['shape']])}")
+    if size:
+        stated["size"] = obj["size"]
+    return _a(f"{size}{obj['colour']} {rng.choice(SHAPE_WORDS[obj['shape']])}"), stated
 
 
 def _pos(obj: dict, rng: random.Random) -> str:
@@ -137,55 +180,201 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _bg(scene: dict, rng: random.Random) -> str:
+def _bg(scene: dict, rng: random.Random) -> tuple[str, dict]:
+    """A background phrase and what it states: the colour, and the style unless the adjective is empty."""
     bg = scene["background"]
     adjective = rng.choice(BACKGROUND_STYLES[bg["style"]])
-    return rng.choice(("on {} background", "against {} backdrop")).format(_a(f"{adjective}{bg['colour']}"))
+    stated = {"colour": bg["colour"], **({"style": bg["style"]} if adjective else {})}
+    text = rng.choice(("on {} background", "against {} backdrop")).format(_a(f"{adjective}{bg['colour']}"))
+    return text, stated
 
 
-def _caption(template: int, scene: dict, rng: random.Random) -> str:
-    """One caption from template ``template`` (0-5); 2 describes one object, the others all of them."""
+def _statements(objects: list[dict], background: dict | None = None, count: int | None = None) -> dict:
+    return {"objects": objects, "background": background, "count": count}
+
+
+def _caption(template: int, scene: dict, rng: random.Random) -> tuple[str, dict]:
+    """One caption from template ``template`` (0-5) and its statements; 2 describes one object, the
+    others all of them. The random draws are those of generator version 1, so the texts are too."""
     objs = rng.sample(scene["objects"], len(scene["objects"]))
     one, n = objs[0], len(objs)
     shape = rng.choice(SHAPE_WORDS[one["shape"]])
     if template == 0:
-        return _join([f"{_np(o, rng)} {_pos(o, rng)}" for o in objs])
+        parts, stated = [], []
+        for o in objs:
+            phrase, attrs = _np(o, rng)
+            parts.append(f"{phrase} {_pos(o, rng)}")
+            stated.append({**attrs, "position": o["position"]})
+        return _join(parts), _statements(stated)
     if template == 1 and n == 1:
-        return f"there is {_np(one, rng)} {_pos(one, rng)}"
+        phrase, attrs = _np(one, rng)
+        return f"there is {phrase} {_pos(one, rng)}", _statements([{**attrs, "position": one["position"]}])
     if template == 1:
-        return (
-            f"there are {_COUNT[n]} {rng.choice(('shapes', 'objects'))}: {_join([_np(o, rng) for o in objs])}"
-        )
+        noun = rng.choice(("shapes", "objects"))
+        phrases = [_np(o, rng) for o in objs]
+        text = f"there are {_COUNT[n]} {noun}: {_join([p for p, _ in phrases])}"
+        return text, _statements([a for _, a in phrases], count=n)
     if template == 2:
-        return rng.choice(
-            (
-                f"{_pos(one, rng)} there is {_np(one, rng)}",
-                f"{_np(one, rng)} sits {_pos(one, rng)}",
-                f"the {shape} {_pos(one, rng)} is {one['colour']}",
-            )
-        )
+        # all three variants are drawn, then one is chosen (version 1's order of draws)
+        where = _pos(one, rng)
+        phrase, attrs = _np(one, rng)
+        first = (f"{where} there is {phrase}", _statements([{**attrs, "position": one["position"]}]))
+        phrase, attrs = _np(one, rng)
+        second = (f"{phrase} sits {_pos(one, rng)}", _statements([{**attrs, "position": one["position"]}]))
+        bound = {"colour": one["colour"], "shape": one["shape"], "position": one["position"]}
+        third = (f"the {shape} {_pos(one, rng)} is {one['colour']}", _statements([bound]))
+        return rng.choice((first, second, third))
     if template == 3:
         intro = rng.choice(("a picture of", "an image showing", "a drawing of", "a simple scene with"))
-        return f"{intro} {_join([_np(o, rng, 0.3) for o in objs])}"
+        phrases = [_np(o, rng, 0.3) for o in objs]
+        return f"{intro} {_join([p for p, _ in phrases])}", _statements([a for _, a in phrases])
     if template == 4:
-        return f"{_join([_np(o, rng, 0.4) for o in objs])} {_bg(scene, rng)}"
+        phrases = [_np(o, rng, 0.4) for o in objs]
+        background, bg_stated = _bg(scene, rng)
+        return f"{_join([p for p, _ in phrases])} {background}", _statements(
+            [a for _, a in phrases], bg_stated
+        )
     if n == 1:
-        return f"just one {shape}, coloured {one['colour']}, {_pos(one, rng)}"
-    return f"{_COUNT[n]} shapes, {_join([_np(o, rng, 0.0) for o in objs])}, {_bg(scene, rng)}"
+        bound = {"colour": one["colour"], "shape": one["shape"], "position": one["position"]}
+        return f"just one {shape}, coloured {one['colour']}, {_pos(one, rng)}", _statements([bound], count=1)
+    phrases = [_np(o, rng, 0.0) for o in objs]
+    background, bg_stated = _bg(scene, rng)
+    text = f"{_COUNT[n]} shapes, {_join([p for p, _ in phrases])}, {background}"
+    return text, _statements([a for _, a in phrases], bg_stated, count=n)
 
 
 def caption_scene(scene: dict, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
     """``n`` distinct captions of ``scene``, from different templates while there are enough of them."""
+    return [c["caption"] for c in caption_scene_with_statements(scene, rng, n)]
+
+
+def caption_scene_with_statements(scene: dict, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[dict]:
+    """:func:`caption_scene` with each caption's statements: ``[{"caption", "objects", "background",
+    "count"}]`` (see the module docstring)."""
     order = rng.sample(range(6), 6)
-    captions: list[str] = []
+    captions: list[dict] = []
     for attempt in range(50 * n):
-        text = _caption(order[attempt % len(order)], scene, rng)
+        text, stated = _caption(order[attempt % len(order)], scene, rng)
         text = text[0].upper() + text[1:] + "."
-        if text not in captions:
-            captions.append(text)
+        if all(text != c["caption"] for c in captions):
+            captions.append({"caption": text, **stated})
             if len(captions) == n:
                 return captions
     raise RuntimeError(f"could not draw {n} distinct captions for scene {scene}")
+
+
+#: Codes of each object attribute, in the column order of the arrays below.
+_ATTRIBUTE_CODES = {
+    "colour": {c: k for k, c in enumerate(sorted(COLOURS))},
+    "shape": {c: k for k, c in enumerate(sorted(SHAPE_WORDS))},
+    "size": {c: k for k, c in enumerate(sorted(SIZE_WORDS))},
+    "position": {c: k for k, c in enumerate(sorted(POSITIONS))},
+}
+_BACKGROUND_CODES = {
+    "colour": {c: k for k, c in enumerate(sorted(BACKGROUNDS))},
+    "style": {c: k for k, c in enumerate(sorted(BACKGROUND_STYLES))},
+}
+_MAX_OBJECTS = 3
+
+
+def caption_relevance(scene: dict, statements: dict) -> float:
+    """Ground-truth relevance ``r(i, t)`` of a caption (its ``statements``) to an image (its ``scene``).
+
+    The share of the caption's statements that hold in the scene, objects matched one to one so as
+    to make the most statements hold (see the module docstring for the formula). The reference
+    definition, one pair at a time; :func:`ground_truth_relevance` computes whole matrices.
+    """
+    objects, background = scene["objects"], scene["background"]
+    mentioned = statements["objects"]
+    stated = sum(len(m) for m in mentioned)
+    matched = 0
+    if statements.get("background"):
+        stated += len(statements["background"])
+        matched += sum(background[k] == v for k, v in statements["background"].items())
+    if statements.get("count") is not None:
+        stated += 1
+        matched += statements["count"] == len(objects)
+    # pad with None (no object) so that every injective assignment is a permutation
+    slots = objects + [None] * max(0, len(mentioned) - len(objects))
+    best = 0
+    for chosen in itertools.permutations(slots, len(mentioned)):
+        held = sum(o is not None and o[k] == v for m, o in zip(mentioned, chosen) for k, v in m.items())
+        best = max(best, held)
+    if stated == 0:
+        raise ValueError(f"a caption must state something, got {statements}")
+    return (matched + best) / stated
+
+
+def _scene_codes(scenes: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[I, 3, 4]`` attribute codes of each image's objects (``-2`` for absent objects), ``[I, 2]``
+    background colour and style codes, ``[I]`` object counts."""
+    objects = np.full((len(scenes), _MAX_OBJECTS, len(_ATTRIBUTE_CODES)), -2, dtype=np.int8)
+    background = np.empty((len(scenes), len(_BACKGROUND_CODES)), dtype=np.int8)
+    for i, scene in enumerate(scenes):
+        for o, obj in enumerate(scene["objects"]):
+            objects[i, o] = [codes[obj[a]] for a, codes in _ATTRIBUTE_CODES.items()]
+        background[i] = [codes[scene["background"][a]] for a, codes in _BACKGROUND_CODES.items()]
+    counts = np.array([len(s["objects"]) for s in scenes], dtype=np.int8)
+    return objects, background, counts
+
+
+def _statement_codes(statements: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[T, 3, 4]`` stated attribute codes of each caption's mentioned objects (``-1``: not stated),
+    ``[T, 2]`` stated background codes (``-1``: not stated), ``[T]`` stated count (``-1``: none)."""
+    objects = np.full((len(statements), _MAX_OBJECTS, len(_ATTRIBUTE_CODES)), -1, dtype=np.int8)
+    background = np.full((len(statements), len(_BACKGROUND_CODES)), -1, dtype=np.int8)
+    counts = np.full(len(statements), -1, dtype=np.int8)
+    for t, st in enumerate(statements):
+        if len(st["objects"]) > _MAX_OBJECTS:
+            raise ValueError(f"a caption mentions more than {_MAX_OBJECTS} objects: {st}")
+        for m, mention in enumerate(st["objects"]):
+            objects[t, m] = [
+                codes[mention[a]] if a in mention else -1 for a, codes in _ATTRIBUTE_CODES.items()
+            ]
+        stated_bg = st.get("background") or {}
+        background[t] = [
+            codes[stated_bg[a]] if a in stated_bg else -1 for a, codes in _BACKGROUND_CODES.items()
+        ]
+        counts[t] = -1 if st.get("count") is None else st["count"]
+    return objects, background, counts
+
+
+#: The 6 orders of 3 slots: every one-to-one assignment of (padded) mentions to (padded) objects.
+_PERMUTATIONS = np.array(list(itertools.permutations(range(_MAX_OBJECTS))), dtype=np.intp)
+#: Images per chunk of :func:`ground_truth_relevance` (its ``[chunk, T, 3, 3]`` match counts).
+_GT_CHUNK_ELEMENTS = 1 << 23
+
+
+def ground_truth_relevance(scenes: list[dict], statements: list[dict]) -> np.ndarray:
+    """``[I, T]`` ground-truth relevance :func:`caption_relevance` of every caption to every image.
+
+    Args:
+        scenes: ``I`` scenes (``objects`` and ``background``, as in ``scenes.json``).
+        statements: ``T`` caption statements (``objects``, ``background``, ``count``).
+    Returns:
+        float32 ``[I, T]`` in ``[0, 1]``; exactly 1 where every statement of the caption holds.
+    """
+    img_obj, img_bg, img_count = _scene_codes(scenes)
+    cap_obj, cap_bg, cap_count = _statement_codes(statements)
+    stated = (cap_obj >= 0).sum(axis=(1, 2)) + (cap_bg >= 0).sum(axis=1) + (cap_count >= 0)
+    if (stated == 0).any():
+        raise ValueError(f"caption {int(np.argmin(stated))} states nothing")
+    out = np.empty((len(scenes), len(statements)), dtype=np.float32)
+    rows = max(1, _GT_CHUNK_ELEMENTS // max(1, len(statements) * _MAX_OBJECTS**2))
+    for i0 in range(0, len(scenes), rows):
+        obj = img_obj[i0 : i0 + rows]
+        # held[i, t, m, o] = statements of mention m of caption t that hold for object o of image i
+        # (unstated attributes are -1 and absent objects -2, so neither ever matches)
+        held = (cap_obj[None, :, :, None, :] == obj[:, None, None, :, :]).sum(axis=-1, dtype=np.int8)
+        best = (
+            held[:, :, np.arange(_MAX_OBJECTS)[None, :], _PERMUTATIONS]
+            .sum(axis=-1, dtype=np.int8)
+            .max(axis=-1)
+        )
+        matched = best + (cap_bg[None] == img_bg[i0 : i0 + rows, None]).sum(axis=-1)
+        matched += cap_count[None] == img_count[i0 : i0 + rows, None]
+        out[i0 : i0 + rows] = matched / stated[None].astype(np.float32)
+    return out
 
 
 def _ring(radii: list[float]) -> list[tuple[float, float]]:
@@ -260,35 +449,50 @@ def generate_synthetic_dataset(
 ) -> Path:
     """Writes the dataset into ``root`` (absent or empty) and returns its absolute path.
 
-    ``n_*`` count images; train has 5 annotation entries per image. ``COMPLETE.json`` is written last.
-    Use :func:`ensure_synthetic_dataset` to reuse or atomically replace an existing dataset.
+    ``n_*`` count images; train has 5 annotation entries per image. Besides images, annotations and
+    ``scenes.json``, it writes each split's ground-truth relevance (:func:`relevance_file`).
+    ``COMPLETE.json`` is written last. Use :func:`ensure_synthetic_dataset` to reuse or atomically
+    replace an existing dataset.
     """
     params = _params(n_train, n_val, n_test, image_size, seed)
     root = Path(root).expanduser().resolve()
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"root {str(root)!r} is not empty")
     (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / RELEVANCE_DIR).mkdir()
     scenes: dict[str, list] = {}
     for split, count in zip(SPLITS, (n_train, n_val, n_test)):
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         annotations, scenes[split] = [], []
         for i in range(count):
-            rng = random.Random(f"lavis-listwise-synthetic/v{GENERATOR_VERSION}/{seed}/{split}/{i}")
+            rng = random.Random(f"lavis-listwise-synthetic/v{_RANDOM_STREAM_VERSION}/{seed}/{split}/{i}")
             scene = sample_scene(rng)
-            captions = caption_scene(scene, rng)
+            described = caption_scene_with_statements(scene, rng)
+            captions = [c["caption"] for c in described]
             image_id, image = f"{split}_{i:06d}", f"images/{split}/{split}_{i:06d}.jpg"
             render_scene(scene, image_size).save(root / image, format="JPEG", quality=95, subsampling=0)
-            scenes[split].append({"image": image, "image_id": image_id, **scene})
+            scenes[split].append({"image": image, "image_id": image_id, **scene, "captions": described})
             if split == "train":
                 annotations += [{"image": image, "caption": c, "image_id": image_id} for c in captions]
             else:
                 annotations.append({"image": image, "caption": captions})
         (root / "annotations" / f"{split}.json").write_text(json.dumps(annotations, indent=1) + "\n")
+        # captions in annotation order = each image's captions in turn, for train and eval alike
+        statements = [c for scene in scenes[split] for c in scene["captions"]]
+        np.save(relevance_file(root, split), ground_truth_relevance(scenes[split], statements))
     (root / "scenes.json").write_text(json.dumps(scenes, indent=1) + "\n")
     files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     marker = {"params": params, "file_count": len(files), "files": files}
     (root / "COMPLETE.json").write_text(json.dumps(marker, indent=1) + "\n")
     return root
+
+
+def relevance_file(root: str | os.PathLike, split: str) -> Path:
+    """``root/relevance/<split>.npy``: the split's ground-truth relevance, float32 ``[n_images,
+    n_captions]`` in LAVIS's order (see the module docstring); ``run.gt_relevance.<split>`` reads it."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return Path(root) / RELEVANCE_DIR / f"{split}.npy"
 
 
 def _incomplete_reason(root: Path, params: dict) -> str | None:

@@ -2,7 +2,7 @@
 
 Listwise losses (class attribute ``is_listwise = True``, usable as ``model.listwise.loss``) take
 ``forward(scores [Q, N], relevance [Q, N])`` and are constructed as
-``cls(tau=..., kernel=..., relevance_topk=...)``.
+``cls(tau=..., kernel=..., relevance_topk=..., ideal_dcg=...)``.
 
 LAVIS has no loss registry; this one follows ``lavis.common.registry`` (a name maps to a class,
 a taken name raises ``KeyError``) with one difference: re-registering the *same* class, as a

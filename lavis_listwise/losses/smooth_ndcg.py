@@ -8,6 +8,12 @@ For a query ``q`` with scores ``s_q.`` and graded relevance ``r_q.`` over ``N`` 
     IDCG_q   = sum_i gain_qi / log2(1 + rank*_qi),   rank*_qi = 1 + #{j : r_qj > r_qi}
     loss_q   = 1 - DCG_q / IDCG_q          (0 where IDCG_q == 0)
 
+That ``IDCG`` is the paper's (``ideal_dcg="paper"``, the default): every item of a tied relevance
+group gets the group's best rank, so a row with several tied positives has an ``IDCG`` no ranking
+reaches and a loss floor above 0 (three tied positives: 0.29). ``ideal_dcg="sorted"`` uses the
+standard ideal DCG instead, the gains sorted in descending order at ranks 1, 2, 3, ... (what
+evaluation NDCG divides by), so a perfectly ordered row has loss 0.
+
 The smoothed rank needs every (q, i, j) triple. Written with broadcasting, autograd keeps several
 ``Q x N x N`` tensors alive; here a custom autograd function keeps only ``O(Q*N)`` state and
 recomputes the sigmoids in tiles during the backward pass, using the closed-form gradient::
@@ -30,7 +36,7 @@ from torch import Tensor, nn
 from .smooth_ndcg_compiled import compiled_available, compiled_rank_backward, compiled_ranks
 from .smooth_ndcg_triton import triton_available, triton_rank_backward, triton_ranks
 
-__all__ = ["KERNELS", "SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
+__all__ = ["IDEAL_DCG_RULES", "KERNELS", "SmoothNDCGLoss", "smooth_ndcg_loss", "smoothed_ranks", "ideal_dcg"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LN2 = math.log(2.0)
@@ -118,24 +124,40 @@ def _rank_backward(scaled_scores: Tensor, grad_rank: Tensor, block: int, tile_by
 
 #: Elements per row chunk of :func:`ideal_dcg` (its sort temporaries take ~30 bytes per element).
 IDCG_CHUNK_ELEMENTS = 1 << 20
+#: ``ideal_dcg`` rules: the paper's tie rule, or the standard sorted ideal DCG.
+IDEAL_DCG_RULES = ("paper", "sorted")
 
 
-def ideal_dcg(gains: Tensor, relevance: Tensor) -> Tensor:
-    """``IDCG_q = sum_i gain_qi / log2(1 + rank*_qi)``, ``rank*_qi = 1 + #{j : r_qj > r_qi}``.
+def ideal_dcg(gains: Tensor, relevance: Tensor, rule: str = "paper") -> Tensor:
+    """The ideal DCG of each row, by the paper's rule or the standard one.
 
-    Ties in relevance share the best rank of their group, as in the paper's formula. Rows are done
-    in chunks of about :data:`IDCG_CHUNK_ELEMENTS`, so the sort's temporaries stay small.
+    ``paper``: ``IDCG_q = sum_i gain_qi / log2(1 + rank*_qi)``, ``rank*_qi = 1 + #{j : r_qj > r_qi}``;
+    ties in relevance share the best rank of their group, as in the paper's formula.
+    ``sorted``: ``IDCG_q = sum_p g_q(p) / log2(1 + p)`` with ``g_q(1) >= g_q(2) >= ...`` the row's
+    gains in descending order, the normaliser of evaluation NDCG. The two agree on rows without
+    tied non-zero gains. Rows are done in chunks of about :data:`IDCG_CHUNK_ELEMENTS`, so the
+    sort's temporaries stay small.
 
     Args:
         gains: ``[Q, N]`` gains ``2^r - 1``.
         relevance: ``[Q, N]`` relevance the gains come from.
+        rule: ``"paper"`` or ``"sorted"``.
     Returns:
         ``[Q]`` ideal DCG in the dtype of ``gains``.
     """
+    if rule not in IDEAL_DCG_RULES:
+        raise ValueError(f"ideal_dcg must be one of {IDEAL_DCG_RULES}, got {rule!r}")
     q, n = relevance.shape
     rows = max(1, IDCG_CHUNK_ELEMENTS // n)
     position = torch.arange(n, device=relevance.device)
     out = gains.new_empty(q)
+    if rule == "sorted":
+        discounts = 1.0 / torch.log2(2.0 + position.to(gains.dtype))
+        for q0 in range(0, q, rows):
+            out[q0 : q0 + rows] = (gains[q0 : q0 + rows].sort(dim=1, descending=True).values * discounts).sum(
+                1
+            )
+        return out
     for q0 in range(0, q, rows):
         descending, order = relevance[q0 : q0 + rows].sort(dim=1, descending=True)
         starts_group = torch.ones_like(descending, dtype=torch.bool)
@@ -224,10 +246,19 @@ class _SmoothNDCG(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, block: int, tile_bytes: int, kernel: str):
+    def forward(
+        ctx,
+        scores: Tensor,
+        relevance: Tensor,
+        tau: float,
+        block: int,
+        tile_bytes: int,
+        kernel: str,
+        ideal: str,
+    ):
         dtype = _compute_dtype(scores.dtype)
         gains = _gains(relevance, dtype)
-        idcg = ideal_dcg(gains, relevance.detach())
+        idcg = ideal_dcg(gains, relevance.detach(), ideal)
         ranks = _ranks(_as_compute(scores, dtype).div_(tau), kernel, block, tile_bytes)
         dcg, rank_weights = dcg_and_rank_weights_(gains, ranks)
         del ranks
@@ -243,14 +274,14 @@ class _SmoothNDCG(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         scores, rank_weights, safe_idcg, valid = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         # d loss_q / d rank_qi = w_qi / IDCG_q; the rank backward is linear in it, so run it on w and
         # scale each row afterwards (no [Q, N] gradient-of-ranks buffer)
         coef = torch.where(valid, grad_loss.to(safe_idcg.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
         scaled = _as_compute(scores, rank_weights.dtype).div_(ctx.tau)
         grad = _ranks_backward(scaled, rank_weights, ctx.kernel, ctx.block, ctx.tile_bytes)
         del scaled
-        return grad.mul_((coef / ctx.tau)[:, None]).to(scores.dtype), None, None, None, None, None
+        return grad.mul_((coef / ctx.tau)[:, None]).to(scores.dtype), None, None, None, None, None, None
 
 
 def _check_inputs(scores: Tensor, relevance: Tensor, tau: float, reduction: str) -> None:
@@ -291,6 +322,7 @@ def smooth_ndcg_loss(
     tile_bytes: int = DEFAULT_TILE_BYTES,
     kernel: str = "auto",
     relevance_topk: int | None = None,
+    ideal_dcg: str = "paper",
 ) -> Tensor:
     """Smooth-NDCG loss ``1 - S-NDCG`` of each query row.
 
@@ -310,19 +342,27 @@ def smooth_ndcg_loss(
         relevance_topk: if set, an approximation: only each row's ``relevance_topk`` most relevant
             candidates keep their gain (the others count as 0) and only they are ranked, in
             ``O(Q * relevance_topk * N)`` (chunked PyTorch, ``kernel`` is not used).
+        ideal_dcg: the normaliser, ``"paper"`` (the paper's tie rule, see the module docstring) or
+            ``"sorted"`` (the standard ideal DCG, as evaluation NDCG uses).
     Returns:
         Scalar (``mean``/``sum``) or ``[Q]`` loss, fp32 (fp64 for fp64 scores).
     """
     _check_inputs(scores, relevance, tau, reduction)
     if block < 1 or tile_bytes < 1:
         raise ValueError("block and tile_bytes must be >= 1")
+    if ideal_dcg not in IDEAL_DCG_RULES:
+        raise ValueError(f"ideal_dcg must be one of {IDEAL_DCG_RULES}, got {ideal_dcg!r}")
     if relevance_topk is not None and relevance_topk < scores.shape[1]:
         from .smooth_ndcg_topk import sparse_smooth_ndcg_per_row
 
-        per_row = sparse_smooth_ndcg_per_row(scores, relevance, float(tau), relevance_topk, int(tile_bytes))
+        per_row = sparse_smooth_ndcg_per_row(
+            scores, relevance, float(tau), relevance_topk, int(tile_bytes), ideal_dcg=ideal_dcg
+        )
     else:
         kernel = resolve_kernel(kernel, scores.device)
-        per_row = _SmoothNDCG.apply(scores, relevance, float(tau), int(block), int(tile_bytes), kernel)
+        per_row = _SmoothNDCG.apply(
+            scores, relevance, float(tau), int(block), int(tile_bytes), kernel, ideal_dcg
+        )
     if reduction == "mean":
         return per_row.mean()
     if reduction == "sum":
@@ -341,8 +381,12 @@ class SmoothNDCGLoss(nn.Module):
         reduction: str = "mean",
         kernel: str = "auto",
         relevance_topk: int | None = None,
+        ideal_dcg: str = "paper",
     ) -> None:
         super().__init__()
+        if ideal_dcg not in IDEAL_DCG_RULES:
+            raise ValueError(f"ideal_dcg must be one of {IDEAL_DCG_RULES}, got {ideal_dcg!r}")
+        self.ideal_dcg = ideal_dcg
         if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
             raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
         if reduction not in _REDUCTIONS:
@@ -364,8 +408,10 @@ class SmoothNDCGLoss(nn.Module):
             reduction=self.reduction,
             kernel=self.kernel,
             relevance_topk=self.relevance_topk,
+            ideal_dcg=self.ideal_dcg,
         )
 
     def extra_repr(self) -> str:
         topk = f", relevance_topk={self.relevance_topk}" if self.relevance_topk else ""
-        return f"tau={self.tau}, reduction={self.reduction!r}, kernel={self.kernel!r}{topk}"
+        ideal = f", ideal_dcg={self.ideal_dcg!r}" if self.ideal_dcg != "paper" else ""
+        return f"tau={self.tau}, reduction={self.reduction!r}, kernel={self.kernel!r}{topk}{ideal}"

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .smooth_ndcg import _gains, dcg_and_rank_weights_, ideal_dcg
+from .smooth_ndcg import IDEAL_DCG_RULES, _gains, dcg_and_rank_weights_, ideal_dcg
 
 __all__ = ["sparse_smooth_ndcg_per_row"]
 
@@ -24,12 +24,12 @@ def _chunk(k: int, n: int, elem_bytes: int, tile_bytes: int) -> int:
 
 class _SparseSmoothNDCG(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, topk: int, tile_bytes: int):
+    def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, topk: int, tile_bytes: int, ideal: str):
         dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
         x = scores.detach().to(dtype) / tau
         rel_top, top = relevance.detach().to(dtype).topk(topk, dim=1)  # [Q, K]
         gains = _gains(rel_top, dtype)
-        idcg = ideal_dcg(gains, rel_top)
+        idcg = ideal_dcg(gains, rel_top, ideal)  # the ideal DCG of the truncated relevance
         x_top = x.gather(1, top)
         ranks = torch.empty_like(x_top)
         rows = _chunk(topk, x.shape[1], x.element_size(), tile_bytes)
@@ -60,20 +60,31 @@ class _SparseSmoothNDCG(torch.autograd.Function):
             # Both sums include j = i (sigma'(0)); the two terms cancel.
             grad[sl] += torch.bmm(g[sl].unsqueeze(1), p).squeeze(1)
             grad[sl].scatter_add_(1, top[sl], -g[sl] * p.sum(dim=2))
-        return (grad / ctx.tau).to(ctx.input_dtype), None, None, None, None
+        return (grad / ctx.tau).to(ctx.input_dtype), None, None, None, None, None
 
 
 def sparse_smooth_ndcg_per_row(
-    scores: Tensor, relevance: Tensor, tau: float, topk: int, tile_bytes: int = 8 * 1024 * 1024
+    scores: Tensor,
+    relevance: Tensor,
+    tau: float,
+    topk: int,
+    tile_bytes: int = 8 * 1024 * 1024,
+    *,
+    ideal_dcg: str = "paper",
 ) -> Tensor:
     """``[Q]`` ``1 - S-NDCG`` with gains only on each row's ``topk`` most relevant candidates.
 
     Args:
         scores: ``[Q, N]`` (differentiable); relevance: ``[Q, N]`` graded relevance >= 0.
         topk: kept candidates per row; ``topk >= N`` is the exact loss.
+        ideal_dcg: ``"paper"`` or ``"sorted"``, as in :func:`~.smooth_ndcg.smooth_ndcg_loss`.
     """
     if not isinstance(topk, int) or topk < 1:
         raise ValueError(f"relevance_topk must be a positive integer, got {topk!r}")
     if not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    return _SparseSmoothNDCG.apply(scores, relevance, float(tau), min(topk, scores.shape[1]), tile_bytes)
+    if ideal_dcg not in IDEAL_DCG_RULES:
+        raise ValueError(f"ideal_dcg must be one of {IDEAL_DCG_RULES}, got {ideal_dcg!r}")
+    return _SparseSmoothNDCG.apply(
+        scores, relevance, float(tau), min(topk, scores.shape[1]), tile_bytes, ideal_dcg
+    )

@@ -9,7 +9,12 @@ from torch import Tensor
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..losses import bidirectional_listwise_loss, get_loss_class
-from ..relevance import rsc_relevance_from_table
+from ..relevance import (
+    RelevanceMatrix,
+    read_caption_embeddings,
+    read_relevance_file,
+    rsc_relevance_from_table,
+)
 from ..resources import config_path
 from .builders import (
     build_bert_tokenizer,
@@ -44,12 +49,13 @@ class ListwiseRetrievalMixin:
         object.__setattr__(self, "_tokenizer_source", tokenizer)
         super().__init__(*args, **kwargs)
         self.listwise_cfg = listwise or ListwiseConfig()
-        # listwise losses are built from (tau, kernel, relevance_topk); see lavis_listwise.losses.registry
+        # listwise losses are built from (tau, kernel, relevance_topk, ideal_dcg); see losses.registry
         cfg = self.listwise_cfg
         self.listwise_loss = get_loss_class(cfg.loss)(
-            tau=cfg.tau, kernel=cfg.kernel, relevance_topk=cfg.relevance_topk
+            tau=cfg.tau, kernel=cfg.kernel, relevance_topk=cfg.relevance_topk, ideal_dcg=cfg.ideal_dcg
         )
         self._caption_embeddings: Tensor | None = None
+        self._train_relevance: RelevanceMatrix | None = None  # model.listwise.relevance.relevance_file
 
     @classmethod
     def build_from_config(cls, cfg, **model_kwargs):
@@ -86,22 +92,50 @@ class ListwiseRetrievalMixin:
     def caption_embeddings(self) -> Tensor | None:
         return self._caption_embeddings
 
+    def load_precomputed_relevance(self, n_captions: int, n_images: int) -> bool:
+        """Load ``model.listwise.relevance.embeddings`` or ``relevance_file`` for a training split of
+        ``n_captions`` captions and ``n_images`` images; ``False`` if neither is set (RSC from the
+        encoder is then needed).
+
+        Raises:
+            DataError naming the key and the file when it does not fit the training split.
+        """
+        relevance = self.listwise_cfg.relevance
+        key = "model.listwise.relevance"
+        if relevance.embeddings is not None:
+            self.set_caption_embeddings(
+                read_caption_embeddings(relevance.embeddings, n_captions, f"{key}.embeddings")
+            )
+            return True
+        if relevance.relevance_file is not None:
+            self._train_relevance = read_relevance_file(
+                relevance.relevance_file, n_images, n_captions, f"{key}.relevance_file", dense=False
+            )
+            return True
+        return False
+
     def batch_relevance(self, caption_index: Tensor, image_caption_index: Tensor, image_id: Tensor) -> Tensor:
-        """RSC relevance ``[B, B]`` of sample ``b``'s caption to sample ``a``'s image.
+        """Relevance ``[B, B]`` of sample ``b``'s caption to sample ``a``'s image: RSC shaped by
+        ``model.listwise.relevance`` (``floor`` / ``sharpen``), or looked up in its ``relevance_file``;
+        same-image pairs are 1 either way.
 
         Args:
             caption_index: ``[B]`` row of each sample's caption in the table.
             image_caption_index: ``[B, K]`` rows of each sample's image's captions, ``-1`` padded.
             image_id: ``[B]`` image ids; equal ids are positives.
         """
+        positive = image_id.view(-1, 1) == image_id.view(1, -1)
+        if self._train_relevance is not None:
+            looked_up = self._train_relevance.lookup(image_id, caption_index).to(image_id.device)
+            return looked_up.masked_fill_(positive, 1.0)
         table = self._caption_embeddings
         if table is None:
             raise RuntimeError(
                 "caption embeddings are not set: train through runner_listwise, or call "
                 "model.set_caption_embeddings(table) first"
             )
-        positive = image_id.view(-1, 1) == image_id.view(1, -1)
-        return rsc_relevance_from_table(table, image_caption_index, caption_index, positive)
+        shaping = self.listwise_cfg.relevance.shaping
+        return rsc_relevance_from_table(table, image_caption_index, caption_index, positive, **shaping)
 
     def listwise_term(self, image_feat: Tensor, text_feat: Tensor, samples: dict) -> Tensor:
         """Bidirectional listwise loss of the global batch.

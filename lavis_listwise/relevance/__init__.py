@@ -1,15 +1,22 @@
-"""Relevance Score Calculation: sentence encoder, caption-embedding cache, relevance matrices."""
+"""Relevance Score Calculation: sentence encoder, caption-embedding cache, relevance matrices, and
+relevance or embeddings computed elsewhere (files)."""
 
 from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
-from .rsc import rsc_relevance, rsc_relevance_from_table
+from .files import RelevanceMatrix, read_caption_embeddings, read_relevance_file
+from .rsc import check_shaping, rsc_relevance, rsc_relevance_from_table, shape_cosines
 
 __all__ = [
     "CacheCorruptError",
     "CaptionEmbeddingCache",
+    "RelevanceMatrix",
     "SentenceEncoder",
     "caption_cache_key",
+    "check_shaping",
     "default_encoder_path",
+    "read_caption_embeddings",
+    "read_relevance_file",
     "rsc_relevance",
     "rsc_relevance_from_table",
+    "shape_cosines",
 ]

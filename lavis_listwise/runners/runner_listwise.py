@@ -237,6 +237,9 @@ class RunnerListwise(RunnerBase):
                 "model.listwise.weight > 0 needs training data with caption indices: use the "
                 "coco_retrieval_listwise, flickr30k_listwise or retrieval_listwise_json builders"
             )
+        n_images = sum(d.num_images for d in self.task.train_caption_datasets)
+        if model.load_precomputed_relevance(len(captions), n_images):  # relevance.embeddings / relevance_file
+            return
         cache = model.listwise_cfg.relevance.caption_cache()
         cache.encoder.device = self.device
         rank, world = rank_and_world()

@@ -24,6 +24,13 @@ from ..config import RelevanceConfig
 from ..datasets.retrieval_listwise import ListwiseRetrievalDataset, caption_groups_to_index
 from ..distributed import rank_and_world
 from ..errors import ConfigError, NonFiniteLossError
+from ..evaluation import (
+    ground_truth_metrics,
+    gt_relevance_paths,
+    load_ground_truth,
+    positive_threshold,
+    relevance_agreement,
+)
 from ..metrics import lavis_recalls, ndcg_at_k
 from ..registration import register_once
 from ..relevance import rsc_relevance_from_table
@@ -149,7 +156,9 @@ def _synchronize_meters(metric_logger: MetricLogger) -> None:
 @register_once("task", "retrieval_listwise")
 class RetrievalListwiseTask(RetrievalTask):
     """Trains like LAVIS's ``retrieval`` task and reports, besides its recalls, NDCG@5/10/20 in
-    both directions against RSC relevance over the whole evaluation split.
+    both directions against RSC relevance over the whole evaluation split, and, for splits that
+    ``run.gt_relevance`` gives ground truth for, NDCG@5/10/20, mAP@R and R-Precision against it
+    (``gt_*``, :mod:`lavis_listwise.evaluation`).
 
     ``run.agg_metric`` picks the metric used for model selection (default ``r_mean``).
     """
@@ -159,6 +168,7 @@ class RetrievalListwiseTask(RetrievalTask):
         self.agg_metric = str(cfg.get("agg_metric", "r_mean"))
         self.train_caption_datasets: list[ListwiseRetrievalDataset] = []
         self._eval_relevance: dict[tuple, torch.Tensor] = {}
+        self._relevance_agreement: dict[tuple, dict] = {}
         self.eval_settings = EvalSettings.from_run_cfg(cfg)
         self._rankings: dict | None = None
         self._coco_id_cache: dict[int, tuple[list[int], list[int]]] = {}
@@ -177,6 +187,7 @@ class RetrievalListwiseTask(RetrievalTask):
             image_offset += dataset.num_images
         self.train_caption_datasets = train_sets
         check_run_sizes(cfg, datasets)
+        self._attach_ground_truth(cfg, datasets)
         # Check the COCO 1K and ECCV Caption inputs now, not after hours of training when the test
         # split is reached.
         for splits in datasets.values():
@@ -189,6 +200,18 @@ class RetrievalListwiseTask(RetrievalTask):
                 if use_eccv:
                     self._coco_ids(dataset)
         return datasets
+
+    def _attach_ground_truth(self, cfg, datasets: dict) -> None:
+        """Read ``run.gt_relevance.<split>`` for every evaluation split named there, check it against
+        the split and attach it as ``dataset.ground_truth`` (:mod:`lavis_listwise.evaluation`)."""
+        run_cfg = cfg.run_cfg
+        eval_splits = set(run_cfg.get("valid_splits", []) or []) | set(run_cfg.get("test_splits", []) or [])
+        paths = gt_relevance_paths(run_cfg.get("gt_relevance"), eval_splits)
+        threshold = positive_threshold(run_cfg.get("gt_positive_threshold", 1.0))
+        for splits in datasets.values():
+            for split, dataset in splits.items():
+                if split in paths:
+                    dataset.ground_truth = load_ground_truth(paths[split], dataset, split, threshold)
 
     def train_captions(self) -> list[str]:
         """All training captions in caption-table order."""
@@ -384,20 +407,54 @@ class RetrievalListwiseTask(RetrievalTask):
         index = getattr(dataset, "image_caption_index", None)
         if index is None:  # a stock LAVIS eval dataset
             index = caption_groups_to_index([dataset.img2txt[i] for i in range(len(dataset.image))])
-        positive = torch.zeros(index.shape[0], len(dataset.text), dtype=torch.bool)
-        for img, caps in dataset.img2txt.items():
-            positive[img, caps] = True
-        return rsc_relevance_from_table(emb, index, torch.arange(len(dataset.text)), positive)
+        positive = annotated_pairs(dataset)
+        return rsc_relevance_from_table(
+            emb, index, torch.arange(len(dataset.text)), positive, **relevance.shaping
+        )
 
     def graded_metrics(self, score_i2t, score_t2i, dataset, relevance: RelevanceConfig) -> dict[str, float]:
-        """NDCG@5/10/20 (percent) in both directions."""
+        """NDCG@5/10/20 (percent) in both directions against RSC (shaped as the model trains), and
+        against the split's ground truth when ``run.gt_relevance`` gives one (``gt_*``)."""
         rel = self.eval_relevance(dataset, relevance)
         s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
         out = {}
         for k in NDCG_KS:
             out[f"txt_ndcg{k}"] = 100.0 * ndcg_at_k(s_i2t, rel, k)
             out[f"img_ndcg{k}"] = 100.0 * ndcg_at_k(s_t2i, rel.t(), k)
+        ground_truth = getattr(dataset, "ground_truth", None)
+        if ground_truth is not None:
+            out.update(ground_truth_metrics(s_i2t, s_t2i, ground_truth))
+            self.relevance_agreement(dataset, relevance)  # logged once per split
         return out
+
+    def relevance_agreement(self, dataset, relevance: RelevanceConfig) -> dict | None:
+        """:func:`~lavis_listwise.evaluation.relevance_agreement` of the split's RSC (with the model's
+        shaping) with its ``run.gt_relevance``, computed and logged once; ``None`` without ground truth.
+        A ``relevance_file`` covers the training split only, so its agreement is not measured here."""
+        ground_truth = getattr(dataset, "ground_truth", None)
+        if ground_truth is None:
+            return None
+        key = (id(dataset), relevance)
+        if key not in self._relevance_agreement:
+            agreement = relevance_agreement(
+                self.eval_relevance(dataset, relevance),
+                ground_truth.relevance,
+                annotated_pairs(dataset),
+                positive_threshold=ground_truth.positive_threshold,
+            )
+            self._relevance_agreement[key] = agreement
+            logging.info(
+                "relevance agreement of RSC %s with %s: %s", relevance.shaping, ground_truth.path, agreement
+            )
+        return self._relevance_agreement[key]
+
+
+def annotated_pairs(dataset) -> torch.Tensor:
+    """``[n_images, n_captions]`` bool: the annotated (image, caption) pairs of an evaluation split."""
+    positive = torch.zeros(len(dataset.image), len(dataset.text), dtype=torch.bool)
+    for img, caps in dataset.img2txt.items():
+        positive[img, caps] = True
+    return positive
 
 
 def checked_loss_values(
