@@ -243,11 +243,3 @@ def run_check_data(args: argparse.Namespace) -> int:
     report = check_data(args.cfg_path, args.options, workers=args.workers, progress=True)
     print_report(report, args.cfg_path)
     return 1 if report.problems else 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cfg-path", required=True, help="the run's YAML (the same file train takes)")
-    parser.add_argument("--options", nargs="+", default=[], help="key=value overrides, as for train")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="processes decoding images (default: CPU count, at most 16)"
-    )

@@ -119,7 +119,7 @@ TOP_LEVEL_READERS: tuple[Reader, ...] = (
         ("config",),
         ("Config.build_model_config", "Config.build_runner_config", "Config.build_dataset_config"),
     ),
-    Reader("lavis_listwise.demo", ("OmegaConf.load(*)",), ("run_demo",)),
+    Reader("lavis_listwise.demo", ("read_yaml_file(*)",), ("run_demo",)),
 )
 
 #: ``demo:`` of projects/demo/*.yaml (``spec`` in ``run_demo``).

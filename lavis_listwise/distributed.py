@@ -6,6 +6,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import socket
 
 import torch
@@ -101,10 +102,14 @@ def dist_timeout(run_cfg) -> datetime.timedelta:
 def is_collective_timeout(err: BaseException) -> bool:
     """Whether ``err`` is a collective that gave up waiting for another rank (gloo or NCCL)."""
     backend_error = getattr(dist, "DistBackendError", ())
-    text = str(err).lower()
+    # gloo says "Timed out waiting ...", "Application timeout caused pair closure" or "Connection closed
+    # by peer"; NCCL's watchdog "... collective operation timeout"
     return isinstance(err, RuntimeError) and (
-        isinstance(err, backend_error) or "timed out" in text or "operation timeout" in text
+        isinstance(err, backend_error) or _PEER_FAILURE.search(str(err)) is not None
     )
+
+
+_PEER_FAILURE = re.compile(r"timed out|timeout|pair closure|closed by peer|connection reset", re.IGNORECASE)
 
 
 def init_distributed(run_cfg) -> None:

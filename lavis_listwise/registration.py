@@ -3,6 +3,9 @@
 LAVIS's ``registry.register_*`` raises ``KeyError`` when a name is taken, so a module that is
 reloaded, or imported under two paths, would fail on its second import. ``register_once`` accepts
 the same class again (same module and qualified name) and only raises for a different class.
+
+A model is also listed in ``lavis.models.model_zoo`` with its model types: LAVIS builds that listing
+once, from the registry, when ``lavis.models`` is imported, before any plugin can register.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ def register_once(kind: str, name: str) -> Callable[[T], T]:
         taken = mapping.get(name)
         if taken is not None and (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__):
             del mapping[name]  # a reload of the same class: replace the stale entry
-        return register(name)(cls)
+        register(name)(cls)
+        if kind == "model":
+            _list_in_model_zoo(name, cls)
+        return cls
 
     return wrap
+
+
+def _list_in_model_zoo(name: str, cls: type) -> None:
+    """Add ``name`` and its model types to ``lavis.models.model_zoo``, as LAVIS lists its own models."""
+    from lavis.models import model_zoo
+
+    model_zoo.model_zoo[name] = list(cls.PRETRAINED_MODEL_CONFIG_DICT)

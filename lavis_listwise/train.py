@@ -14,22 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# defined in the light command-line module, so `lavis-listwise --help` builds its parser without torch
+from lavis_listwise_cli import add_config_arguments
+
 __all__ = ["add_config_arguments", "build_run", "train", "evaluate", "format_results_table"]
 
 _ROW = re.compile(r"^(?:(?P<group>[a-z0-9]+)_)??(?P<dir>txt|img)_(?P<metric>.+)$")
 _DIRECTION = {"txt": "image->text", "img": "text->image"}
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--cfg-path`` and ``--options``, as LAVIS's train.py and evaluate.py take them."""
-    parser.add_argument("--cfg-path", required=True, help="path to the run's YAML configuration")
-    parser.add_argument(
-        "--options",
-        nargs="+",
-        default=[],
-        help="override settings of the YAML, as key=value (e.g. run.max_epoch=2 model.listwise.weight=0.5)",
-    )
-    parser.add_argument("--job-id", default=None, help="output sub-directory name (default: a timestamp)")
 
 
 def read_yaml_file(path: str, key: str = "--cfg-path"):

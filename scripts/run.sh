@@ -16,7 +16,7 @@ setup() {  # $1: "base" or "dev"
     "$python" -m venv "$venv"
   fi
   local digest stamp extra
-  digest=$(cat constraints.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+  digest=$(cat constraints.txt setup.cfg setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
   stamp="$venv/.lavis-listwise-$1"
   if [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ]; then return; fi
   extra=$([ "$1" = dev ] && echo "[dev]" || true)

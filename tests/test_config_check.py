@@ -26,7 +26,7 @@ from lavis_listwise.config_check import (
     valid_top_level_keys,
 )
 from lavis_listwise.errors import ConfigError
-from lavis_listwise.resources import ROOT
+from lavis_listwise.resources import data_dir
 from lavis_listwise.train import build_run
 
 LAVIS_PROJECTS = Path(lavis.__file__).parent / "projects"
@@ -120,12 +120,12 @@ def test_dataset_and_top_level_keys():
 
 
 # ----------------------------------------------------------------------------- shipped files
-@pytest.mark.parametrize("path", sorted((ROOT / "projects").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(data_dir("projects").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_run_yaml_passes(path):
     check_config(OmegaConf.load(path))  # also checks the arch's default model YAML it merges
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(data_dir("configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_default_yaml_carries_only_read_keys(path):
     cfg = OmegaConf.load(path)
     if "model" in cfg:

@@ -1,0 +1,1 @@
+"""Model and dataset default YAMLs (LAVIS style); installed as ``lavis_listwise.configs``."""

@@ -1,0 +1,1 @@
+"""Runnable experiment YAMLs (``blip/``, ``albef/``, ``demo/``); installed as ``lavis_listwise.projects``."""
