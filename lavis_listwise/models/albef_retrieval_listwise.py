@@ -19,6 +19,7 @@ class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
         "coco": "configs/models/albef_retrieval_listwise_coco.yaml",
         "flickr": "configs/models/albef_retrieval_listwise_flickr.yaml",
         "tiny": "configs/models/albef_retrieval_listwise_tiny.yaml",
+        "small": "configs/models/albef_retrieval_listwise_small.yaml",
     }
     blip_special_tokens = False
 

@@ -19,6 +19,7 @@ class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
         "coco": "configs/models/blip_retrieval_listwise_coco.yaml",
         "flickr": "configs/models/blip_retrieval_listwise_flickr.yaml",
         "tiny": "configs/models/blip_retrieval_listwise_tiny.yaml",
+        "small": "configs/models/blip_retrieval_listwise_small.yaml",
     }
     blip_special_tokens = True
 
