@@ -115,7 +115,10 @@ def test_evaluate_cli_and_k_test_too_large(tmp_path, tiny_dataset):
         "run.evaluate=True",
         "run.k_test=9",
     )
-    assert bad.returncode == 1 and "run.k_test = 9 is larger than the retrieval_listwise_json val split" in bad.stderr
+    assert (
+        bad.returncode == 1
+        and "run.k_test = 9 is larger than the retrieval_listwise_json val split" in bad.stderr
+    )
     missing = _cli("train", "--cfg-path", str(tmp_path / "nope.yaml"))
     assert missing.returncode != 0 and "--cfg-path" in missing.stderr and "nope.yaml" in missing.stderr
 

@@ -41,16 +41,25 @@ def small_cfg(arch="blip_retrieval_listwise", **text_config):
 def test_loaded_tensors_equal_minilm(blip_small, minilm_state):
     encoder = blip_small.text_encoder
     emb = encoder.embeddings
-    assert torch.equal(emb.word_embeddings.weight[:MINILM_VOCAB], minilm_state["embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        emb.word_embeddings.weight[:MINILM_VOCAB], minilm_state["embeddings.word_embeddings.weight"]
+    )
     assert torch.equal(emb.LayerNorm.weight, minilm_state["embeddings.LayerNorm.weight"])
     # LAVIS's text encoder has no token-type embeddings: BERT's type-0 row is folded into the positions
-    folded = minilm_state["embeddings.position_embeddings.weight"] + minilm_state["embeddings.token_type_embeddings.weight"][0]
+    folded = (
+        minilm_state["embeddings.position_embeddings.weight"]
+        + minilm_state["embeddings.token_type_embeddings.weight"][0]
+    )
     assert torch.equal(emb.position_embeddings.weight, folded)
     last = encoder.config.num_hidden_layers - 1
     layer = encoder.encoder.layer[last]
     prefix = f"encoder.layer.{last}."
-    assert torch.equal(layer.attention.self.query.weight, minilm_state[prefix + "attention.self.query.weight"])
-    assert torch.equal(layer.attention.output.dense.bias, minilm_state[prefix + "attention.output.dense.bias"])
+    assert torch.equal(
+        layer.attention.self.query.weight, minilm_state[prefix + "attention.self.query.weight"]
+    )
+    assert torch.equal(
+        layer.attention.output.dense.bias, minilm_state[prefix + "attention.output.dense.bias"]
+    )
     assert torch.equal(layer.intermediate.dense.weight, minilm_state[prefix + "intermediate.dense.weight"])
     assert torch.equal(layer.output.LayerNorm.weight, minilm_state[prefix + "output.LayerNorm.weight"])
 
@@ -60,7 +69,9 @@ def test_text_mode_computes_what_minilm_computes(blip_small):
     encoder = blip_small.text_encoder
     minilm = BertModel.from_pretrained(str(default_encoder_path()), add_pooling_layer=False).eval()
     text = blip_small.tokenizer(
-        ["a small red circle in the top left corner", "two blue squares"], padding="longest", return_tensors="pt"
+        ["a small red circle in the top left corner", "two blue squares"],
+        padding="longest",
+        return_tensors="pt",
     )
     with torch.no_grad():
         ours = encoder.forward_text(text).last_hidden_state
@@ -85,7 +96,9 @@ def test_cross_attention_and_blip_tokens_are_new(blip_small, minilm_state):
 
 
 def test_momentum_encoder_starts_from_the_loaded_weights(blip_small):
-    pairs = list(zip(blip_small.text_encoder.named_parameters(), blip_small.text_encoder_m.named_parameters()))
+    pairs = list(
+        zip(blip_small.text_encoder.named_parameters(), blip_small.text_encoder_m.named_parameters())
+    )
     assert pairs
     for (name, param), (name_m, param_m) in pairs:
         assert name == name_m and torch.equal(param, param_m), name
@@ -99,8 +112,12 @@ def test_albef_small_loads_self_attention_in_every_layer(minilm_state):
     assert 0 < fusion < encoder.config.num_hidden_layers
     for i, layer in enumerate(encoder.encoder.layer):
         assert hasattr(layer, "crossattention") == (i >= fusion), i
-        assert torch.equal(layer.attention.self.key.weight, minilm_state[f"encoder.layer.{i}.attention.self.key.weight"])
-    for (name, param), (_, param_m) in zip(encoder.named_parameters(), model.text_encoder_m.named_parameters()):
+        assert torch.equal(
+            layer.attention.self.key.weight, minilm_state[f"encoder.layer.{i}.attention.self.key.weight"]
+        )
+    for (name, param), (_, param_m) in zip(
+        encoder.named_parameters(), model.text_encoder_m.named_parameters()
+    ):
         assert torch.equal(param, param_m), name
 
 
@@ -116,7 +133,9 @@ def test_load_reports_what_is_new(caplog):
 
 
 def test_conflicting_text_config_is_refused_naming_the_key():
-    with pytest.raises(ConfigError, match=r"model\.text_config\.hidden_size=64 conflicts with model\.text_init"):
+    with pytest.raises(
+        ConfigError, match=r"model\.text_config\.hidden_size=64 conflicts with model\.text_init"
+    ):
         build_text_encoder(small_cfg(hidden_size=64), vision_width=128)
     with pytest.raises(ConfigError, match=r"model\.text_config\.num_hidden_layers=7 conflicts"):
         build_text_encoder(small_cfg(num_hidden_layers=7), vision_width=128)
