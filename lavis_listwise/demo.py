@@ -143,6 +143,25 @@ def draw_rankings(
     canvas.save(out)
 
 
+def seed_comparison(per_seed: dict) -> dict:
+    """Listwise minus pairwise for every metric over seeds, with a paired t-test.
+
+    Args:
+        per_seed: ``{seed: {"pairwise": {metric: value}, "listwise": {metric: value}}}``.
+    Returns:
+        ``{metric: PairedDifference}`` (:func:`lavis_listwise.stats.paired_difference`).
+    """
+    from .stats import paired_difference
+
+    seeds = list(per_seed)
+    return {
+        k: paired_difference(
+            [per_seed[s]["listwise"][k] for s in seeds], [per_seed[s]["pairwise"][k] for s in seeds]
+        )
+        for k in METRICS
+    }
+
+
 def _table(rows: dict[str, dict[str, float]]) -> str:
     names = list(rows)
     width = max(len(k) for k in ["metric", *METRICS]) + 2
@@ -193,12 +212,9 @@ def run_demo(
 
     names = ["pairwise", "listwise"]
     mean = {n: {k: statistics.fmean(runs[s][n]["metrics"][k] for s in seeds) for k in METRICS} for n in names}
-    diffs = {
-        k: [runs[s]["listwise"]["metrics"][k] - runs[s]["pairwise"]["metrics"][k] for s in seeds]
-        for k in METRICS
-    }
-    mean["difference"] = {k: statistics.fmean(v) for k, v in diffs.items()}
-    std = {k: (statistics.stdev(v) if len(v) > 1 else 0.0) for k, v in diffs.items()}
+    paired = seed_comparison({s: {n: runs[s][n]["metrics"] for n in names} for s in seeds})
+    mean["difference"] = {k: p.mean for k, p in paired.items()}
+    std = {k: p.std for k, p in paired.items()}
 
     first = runs[seeds[0]]
     dataset = first["pairwise"]["dataset"]
@@ -225,6 +241,7 @@ def run_demo(
         "per_seed": {str(s): {n: runs[s][n]["metrics"] for n in names} for s in seeds},
         "mean": mean,
         "difference_std": std,
+        "paired_tests": {k: p.as_dict() for k, p in paired.items()},
         "relevance_agreement": agreement,
         "picture": str(png),
         "elapsed_s": round(elapsed, 1),
@@ -239,7 +256,12 @@ def run_demo(
     )
     print(_table(mean))
     if len(seeds) > 1:
-        print("std of the difference: " + ", ".join(f"{k} {v:.2f}" for k, v in std.items()))
+        print(f"\n[demo] listwise - pairwise over {len(seeds)} seeds: mean +- std, paired t-test p")
+        print(
+            "\n".join(
+                f"{k:<20} {p.mean:+8.2f} +- {p.std:5.2f}   p = {p.p_value:.3f}" for k, p in paired.items()
+            )
+        )
     print(f"\n[demo] results: {output_dir / 'results.json'}\n[demo] picture: {png}")
     print(f"[demo] elapsed: {elapsed:.0f} s")
     logging.getLogger(__name__).info("demo finished in %.0f s", elapsed)

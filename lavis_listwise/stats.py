@@ -28,8 +28,19 @@ class PairedDifference:
         """Whether the mean difference is more than ``k`` standard deviations above zero."""
         return self.n > 1 and self.mean > k * self.std
 
-    def as_dict(self) -> dict[str, float]:
-        return {"n": self.n, "mean": self.mean, "std": self.std, "t": self.t, "p_value": self.p_value}
+    def as_dict(self) -> dict[str, float | None]:
+        """For JSON: ``t`` and ``p_value`` are ``None`` where undefined (one seed) or infinite."""
+
+        def finite(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {
+            "n": self.n,
+            "mean": self.mean,
+            "std": self.std,
+            "t": finite(self.t),
+            "p_value": finite(self.p_value),
+        }
 
 
 def paired_difference(treatment: Sequence[float], control: Sequence[float]) -> PairedDifference:

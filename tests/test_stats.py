@@ -41,3 +41,25 @@ def test_retrieval_concentration_tells_a_popularity_collapse_from_query_specific
     assert a["popularity_share"] < 0.05 < 0.9 < b["popularity_share"]
     assert a["top10_share"] < 0.2 and b["top10_share"] > 0.9
     assert a["never_retrieved"] < 0.1 and b["never_retrieved"] > 0.8
+
+
+def test_demo_seed_comparison_reports_a_paired_test_per_metric():
+    from scipy.stats import ttest_rel
+
+    from lavis_listwise.demo import METRICS, seed_comparison
+
+    pairwise = {s: {k: 10.0 + s + i for i, k in enumerate(METRICS)} for s in range(4)}
+    listwise = {s: {k: v + (1.0 if s % 2 else 0.5) for k, v in pairwise[s].items()} for s in range(4)}
+    got = seed_comparison({s: {"pairwise": pairwise[s], "listwise": listwise[s]} for s in range(4)})
+    assert set(got) == set(METRICS)
+    for k in METRICS:
+        assert got[k].mean == pytest.approx(0.75) and got[k].n == 4
+        ref = ttest_rel([listwise[s][k] for s in range(4)], [pairwise[s][k] for s in range(4)])
+        assert got[k].p_value == pytest.approx(ref.pvalue)
+
+
+def test_as_dict_is_strict_json():
+    import json
+
+    for diff in (paired_difference([2.0], [1.0]), paired_difference([2.0, 3.0], [1.0, 2.0])):
+        json.dumps(diff.as_dict(), allow_nan=False)
