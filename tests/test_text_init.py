@@ -31,6 +31,12 @@ def blip_small():
     return load_model("blip_retrieval_listwise", "small", is_eval=True, device="cpu")
 
 
+def checkpoint_layers(cfg) -> list[int]:
+    """The MiniLM layer loaded into each encoder layer: ``text_init_layers``, else the first ones."""
+    layers = cfg.get("text_init_layers")
+    return list(layers) if layers is not None else list(range(cfg.text_config.num_hidden_layers))
+
+
 def small_cfg(arch="blip_retrieval_listwise", **text_config):
     cfg = OmegaConf.load(registry.get_model_class(arch).default_config_path("small")).model
     for key, value in text_config.items():
@@ -53,7 +59,7 @@ def test_loaded_tensors_equal_minilm(blip_small, minilm_state):
     assert torch.equal(emb.position_embeddings.weight, folded)
     last = encoder.config.num_hidden_layers - 1
     layer = encoder.encoder.layer[last]
-    prefix = f"encoder.layer.{last}."
+    prefix = f"encoder.layer.{checkpoint_layers(small_cfg())[last]}."
     assert torch.equal(
         layer.attention.self.query.weight, minilm_state[prefix + "attention.self.query.weight"]
     )
@@ -73,9 +79,12 @@ def test_text_mode_computes_what_minilm_computes(blip_small):
         padding="longest",
         return_tensors="pt",
     )
+    mask = minilm.get_extended_attention_mask(text.attention_mask, text.input_ids.shape)
     with torch.no_grad():
         ours = encoder.forward_text(text).last_hidden_state
-        theirs = minilm(**text, output_hidden_states=True).hidden_states[encoder.config.num_hidden_layers]
+        theirs = minilm.embeddings(input_ids=text.input_ids)  # token type 0, as BERT's default
+        for i in checkpoint_layers(small_cfg()):
+            theirs = minilm.encoder.layer[i](theirs, attention_mask=mask)[0]
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -110,11 +119,11 @@ def test_albef_small_loads_self_attention_in_every_layer(minilm_state):
     encoder = model.text_encoder
     fusion = encoder.config.fusion_layer
     assert 0 < fusion < encoder.config.num_hidden_layers
+    sources = checkpoint_layers(small_cfg("albef_retrieval_listwise"))
     for i, layer in enumerate(encoder.encoder.layer):
         assert hasattr(layer, "crossattention") == (i >= fusion), i
-        assert torch.equal(
-            layer.attention.self.key.weight, minilm_state[f"encoder.layer.{i}.attention.self.key.weight"]
-        )
+        key = f"encoder.layer.{sources[i]}.attention.self.key.weight"
+        assert torch.equal(layer.attention.self.key.weight, minilm_state[key]), i
     for (name, param), (_, param_m) in zip(
         encoder.named_parameters(), model.text_encoder_m.named_parameters()
     ):
@@ -126,7 +135,7 @@ def test_load_reports_what_is_new(caplog):
         encoder = build_text_encoder(small_cfg(), vision_width=128)
     message = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("model.text_init:"))
     assert "cross-attention of layers" in message and "[30522, 30523]" in message
-    report = load_bert_weights(encoder, resolve_text_init("bundled-minilm"))
+    report = load_bert_weights(encoder, resolve_text_init("bundled-minilm"), checkpoint_layers(small_cfg()))
     assert report.new_vocab_rows == range(MINILM_VOCAB, MINILM_VOCAB + 2)
     assert all(".crossattention." in name for name in report.new)
     assert "pooler.dense.weight" in report.unused and report.folded_token_type
@@ -141,6 +150,33 @@ def test_conflicting_text_config_is_refused_naming_the_key():
         build_text_encoder(small_cfg(num_hidden_layers=7), vision_width=128)
     with pytest.raises(ConfigError, match=r"model\.text_config\.vocab_size=1000"):
         build_text_encoder(small_cfg(vocab_size=1000), vision_width=128)
+
+
+def test_chosen_checkpoint_layers_are_loaded_in_order(minilm_state):
+    cfg = small_cfg()
+    cfg.text_init_layers = [5, 0]
+    cfg.text_config = None
+    encoder = build_text_encoder(cfg, vision_width=128)
+    assert encoder.config.num_hidden_layers == 2
+    for i, source in enumerate((5, 0)):
+        weight = encoder.encoder.layer[i].intermediate.dense.weight
+        assert torch.equal(weight, minilm_state[f"encoder.layer.{source}.intermediate.dense.weight"]), i
+    report = load_bert_weights(encoder, resolve_text_init("bundled-minilm"), [5, 0])
+    assert report.layers == [5, 0] and "encoder.layer.3.output.dense.weight" in report.unused
+
+
+def test_bad_text_init_layers_are_refused_naming_the_key():
+    cfg = small_cfg()
+    cfg.text_init_layers = [0, 6]
+    with pytest.raises(ConfigError, match=r"model\.text_init_layers must list checkpoint layers in \[0, 6\)"):
+        build_text_encoder(cfg, vision_width=128)
+    cfg.text_init_layers = [0, 5]
+    cfg.text_config = {"num_hidden_layers": 3}
+    with pytest.raises(ConfigError, match=r"num_hidden_layers=3 conflicts with model\.text_init_layers"):
+        build_text_encoder(cfg, vision_width=128)
+    cfg.text_init = None
+    with pytest.raises(ConfigError, match=r"model\.text_init_layers is set but model\.text_init is not"):
+        build_text_encoder(cfg, vision_width=128)
 
 
 def test_missing_directory_is_refused_naming_the_key(tmp_path):
