@@ -2,29 +2,59 @@
 # Set up (or reuse) the local virtual environment, then run one job:
 #   bash scripts/run.sh demo         the main job: pairwise vs listwise on synthetic data (CPU, ~5 min)
 #   bash scripts/run.sh test         pre-commit on every file, then the whole pytest suite
-# Environment: PYTHON (default python3.11, else python3), LAVIS_LISTWISE_VENV (default .venv).
+# Environment: PYTHON (default python3.11, else python3; 3.11, 3.12 and 3.13 are tested),
+# LAVIS_LISTWISE_VENV (default .venv for Python 3.11, .venv-py3.12 / .venv-py3.13 for the others).
+# Two stacks (README, "Python versions"): Python 3.11 installs LAVIS 1.0.2 with its own pins
+# (constraints.txt); 3.12 and 3.13 install LAVIS with --no-deps next to current transformers 4.x, timm,
+# numpy 2 and opencv 4.x (constraints-py312.txt), since LAVIS's pins have no wheels there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=${LAVIS_LISTWISE_VENV:-.venv}
 python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+# A pyenv shim (python3.12) fails unless that version is selected: then use pyenv's newest 3.12.x.
+if ! "$python" -c '' 2>/dev/null && command -v pyenv >/dev/null \
+  && [[ "$(basename "$python")" =~ ^python(3\.[0-9]+)$ ]]; then
+  found=$(ls -d "$(pyenv root)/versions/${BASH_REMATCH[1]}".*/bin/"$(basename "$python")" 2>/dev/null \
+    | sort -V | tail -1 || true)
+  [ -n "$found" ] && python=$found
+fi
+pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+  || { echo "error: cannot run $python; set PYTHON=..." >&2; exit 1; }
+case "$pyver" in
+  3.11) constraints=constraints.txt ;;
+  3.12 | 3.13) constraints=constraints-py312.txt ;;
+  *)
+    echo "error: Python $pyver: lavis-listwise supports (and tests) 3.11, 3.12 and 3.13; set PYTHON=..." >&2
+    exit 1
+    ;;
+esac
+venv=${LAVIS_LISTWISE_VENV:-$([ "$pyver" = 3.11 ] && echo .venv || echo ".venv-py$pyver")}
 
 setup() {  # $1: "base" or "dev"
   if [ ! -x "$venv/bin/python" ]; then
-    "$python" -c 'import sys; assert sys.version_info[:2] >= (3, 10), sys.version' \
-      || { echo "error: needs Python >= 3.10 (3.11 tested); set PYTHON=..." >&2; exit 1; }
     "$python" -m venv "$venv"
   fi
-  local digest stamp extra
-  digest=$(cat constraints.txt setup.cfg setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
+  local have digest stamp extra
+  have=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [ "$have" != "$pyver" ]; then
+    echo "error: $venv has Python $have, not $pyver; set LAVIS_LISTWISE_VENV=... or remove $venv" >&2
+    exit 1
+  fi
+  digest=$(cat "$constraints" setup.cfg setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
   stamp="$venv/.lavis-listwise-$1"
   if [ "$(cat "$stamp" 2>/dev/null)" = "$digest" ]; then return; fi
   extra=$([ "$1" = dev ] && echo "[dev]" || true)
-  echo "==> installing into $venv (torch + torchvision first, then lavis-listwise$extra)"
+  echo "==> installing into $venv (Python $pyver, $constraints): torch + torchvision first, then lavis-listwise$extra"
   # torch and torchvision must come from the same release pair, installed together and first.
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c constraints.txt \
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" \
     torch==2.14.1 torchvision==0.29.1
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c constraints.txt -e ".$extra"
+  if [ "$pyver" != 3.11 ]; then
+    # LAVIS without its pins; for Python >= 3.12 setup.cfg lists the dependencies of LAVIS's code.
+    echo "==> salesforce-lavis 1.0.2 with --no-deps (pip then reports its unmet pins: expected)"
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" --no-deps \
+      salesforce-lavis==1.0.2
+  fi
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" -e ".$extra"
   echo "$digest" > "$stamp"
   [ "$1" = dev ] && echo "$digest" > "$venv/.lavis-listwise-base"
   return 0
