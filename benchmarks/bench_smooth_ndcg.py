@@ -77,11 +77,9 @@ def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
         times.append(time.perf_counter() - t0)
     # A kernel that failed falls back to the chunked path with a warning, which the parent hides:
     # report the failure instead of chunked timings under the kernel's name.
-    from lavis_listwise.losses.smooth_ndcg_compiled import compiled_available
-    from lavis_listwise.losses.smooth_ndcg_triton import triton_available
+    from lavis_listwise.losses.kernels import get_kernel, list_kernels
 
-    available = {"compiled": compiled_available, "triton": triton_available}.get(impl)
-    if available is not None and not available(torch.device(device)):
+    if impl in list_kernels() and not get_kernel(impl).available(torch.device(device)):
         raise SystemExit(f"the {impl} kernel failed on {device} and fell back to the chunked path")
     return {"ms": 1e3 * statistics.median(times or [first]), "mib": peak / 2**20, "loss": float(loss)}
 

@@ -14,6 +14,16 @@ import lavis  # noqa: E402, F401
 import lavis.common.optims  # noqa: E402, F401
 import lavis.runners  # noqa: E402, F401
 
-from . import datasets, losses, metrics, models, relevance, runners, tasks  # noqa: E402
+from . import datasets, evaluation, losses, metrics, models, relevance, runners, tasks  # noqa: E402
 
-__all__ = ["__version__", "datasets", "losses", "metrics", "models", "relevance", "runners", "tasks"]
+__all__ = [
+    "__version__",
+    "datasets",
+    "evaluation",
+    "losses",
+    "metrics",
+    "models",
+    "relevance",
+    "runners",
+    "tasks",
+]

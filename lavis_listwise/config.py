@@ -1,4 +1,6 @@
-"""The ``model.listwise`` YAML block: parsing and validation with errors that name the key."""
+"""The plugin's YAML settings, parsed and checked once with errors that name the key: the
+``model.listwise`` block (:class:`ListwiseConfig`) and the evaluation's ``run.*`` keys
+(:class:`EvalSettings`)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor, nn
+
 from .errors import ConfigError
-from .losses import get_loss_class
-from .losses.smooth_ndcg import IDEAL_DCG_RULES, KERNELS
+from .losses import build_loss, check_combine, combine_losses, get_loss_class
 from .relevance import CaptionEmbeddingCache, SentenceEncoder
 
-__all__ = ["ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
+__all__ = ["EvalSettings", "ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
 
 _KEY = "model.listwise"
 
@@ -180,26 +183,19 @@ class ListwiseConfig:
         if not getattr(loss_cls, "is_listwise", False):
             raise ConfigError(f"{_KEY}.loss: {loss!r} is not a listwise loss (it takes no relevance)")
         weight = _number(cfg.get("weight", 0.0), f"{_KEY}.weight")
-        if weight < 0:
-            raise ConfigError(f"{_KEY}.weight must be >= 0, got {weight}")
         combine = str(cfg.get("combine", "add"))
-        if combine not in ("add", "convex"):
-            raise ConfigError(f"{_KEY}.combine must be 'add' or 'convex', got {combine!r}")
-        if combine == "convex" and weight > 1:
-            raise ConfigError(f"{_KEY}.weight must be <= 1 with combine: convex, got {weight}")
         tau = _number(cfg.get("tau", 0.01), f"{_KEY}.tau")
-        if not tau > 0:
-            raise ConfigError(f"{_KEY}.tau must be > 0, got {tau}")
-        _check_tau_gives_finite_loss(tau)
         kernel = str(cfg.get("kernel", "auto"))
-        if kernel not in KERNELS:
-            raise ConfigError(f"{_KEY}.kernel must be one of {list(KERNELS)}, got {kernel!r}")
         topk = cfg.get("relevance_topk")
-        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
-            raise ConfigError(f"{_KEY}.relevance_topk must be a positive integer or null, got {topk!r}")
         ideal = str(cfg.get("ideal_dcg", "paper"))
-        if ideal not in IDEAL_DCG_RULES:
-            raise ConfigError(f"{_KEY}.ideal_dcg must be one of {list(IDEAL_DCG_RULES)}, got {ideal!r}")
+        # the loss class checks its own parameters, the combine rule its own: one check each
+        try:
+            check_combine(weight, combine)
+            check_params = getattr(loss_cls, "check_params", loss_cls)  # else building it checks them
+            check_params(tau=tau, kernel=kernel, relevance_topk=topk, ideal_dcg=ideal)
+        except ValueError as err:
+            raise ConfigError(f"{_KEY}.{err}") from None
+        _check_tau_gives_finite_loss(tau)
         return cls(
             loss=loss,
             kernel=kernel,
@@ -211,6 +207,24 @@ class ListwiseConfig:
             reference_compat=bool(cfg.get("reference_compat", False)),
             relevance=RelevanceConfig.from_cfg(cfg.get("relevance")),
         )
+
+    @property
+    def loss_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments the listwise loss class is built with (see ``losses.registry``)."""
+        return {
+            "tau": self.tau,
+            "kernel": self.kernel,
+            "relevance_topk": self.relevance_topk,
+            "ideal_dcg": self.ideal_dcg,
+        }
+
+    def build_loss(self) -> nn.Module:
+        """The listwise loss ``model.listwise`` describes, from the loss registry."""
+        return build_loss(self.loss, **self.loss_kwargs)
+
+    def combined_loss(self, stock: Tensor, listwise: Tensor) -> Tensor:
+        """The training loss from the model's stock loss and the listwise term (``combine``, ``weight``)."""
+        return combine_losses(stock, listwise, self.weight, self.combine)
 
 
 #: Scores spanning the cosine range with ties, near-ties and graded relevance: the probe a tau must pass.
@@ -259,3 +273,69 @@ def _number(value: Any, key: str) -> float:
     if not math.isfinite(out):
         raise ConfigError(f"{key} must be finite, got {value!r}")
     return out
+
+
+def _tristate(value, key: str) -> str:
+    """``auto`` / ``true`` / ``false`` from YAML (booleans or strings)."""
+    text = str(value).lower()
+    if text not in ("auto", "true", "false"):
+        raise ValueError(f"{key} must be auto, true or false, got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The ``run.*`` keys of the retrieval evaluation.
+
+    * ``itm_eval``: ``fast`` (:mod:`lavis_listwise.evaluation.rerank`, default) or ``stock`` (LAVIS's
+      ``model.compute_sim_matrix``);
+    * ``itm_eval_pairs``: (image, caption) pairs per ITM forward of the fast path (default ``null``:
+      256 on CPU, 4096 on CUDA);
+    * ``eval_feature_device``: where the fast path keeps image features: ``auto`` (on the GPU when
+      they use under half its free memory), ``device`` or ``cpu``;
+    * ``coco_1k``: COCO 1K five-fold averages, each fold re-ranked on its own (``auto``: on the
+      COCO Karpathy 5K test split);
+    * ``eccv_caption`` and ``coco_captions_json``: ECCV Caption mAP@R / R-Precision / R@1 and CxC
+      recalls (``auto``: on the COCO Karpathy test split), which need COCO's
+      ``captions_val2014.json`` to map LAVIS's captions to COCO caption ids (a relative path is
+      under LAVIS's cache root, like dataset storage; checked when the datasets are built);
+    * ``save_rankings``: K > 0 writes every query's top-K to ``rankings_<split>_<epoch>.json``.
+    """
+
+    itm_eval: str = "fast"
+    itm_eval_pairs: int | None = None
+    eval_feature_device: str = "auto"
+    coco_1k: str = "auto"
+    eccv_caption: str = "auto"
+    coco_captions_json: str | None = None
+    save_rankings: int = 0
+
+    @classmethod
+    def from_run_cfg(cls, cfg) -> EvalSettings:
+        itm = str(cfg.get("itm_eval", "fast"))
+        if itm not in ("fast", "stock"):
+            raise ValueError(f"run.itm_eval must be 'fast' or 'stock', got {itm!r}")
+        pairs = cfg.get("itm_eval_pairs")
+        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1):
+            raise ValueError(f"run.itm_eval_pairs must be a positive integer or null, got {pairs!r}")
+        where = str(cfg.get("eval_feature_device", "auto"))
+        if where not in ("auto", "device", "cpu"):
+            raise ValueError(f"run.eval_feature_device must be auto, device or cpu, got {where!r}")
+        keep = cfg.get("save_rankings", 0) or 0
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise ValueError(
+                f"run.save_rankings must be a non-negative integer (top-K per query), got {keep!r}"
+            )
+        captions = cfg.get("coco_captions_json")
+        settings = cls(
+            itm_eval=itm,
+            itm_eval_pairs=pairs,
+            eval_feature_device=where,
+            coco_1k=_tristate(cfg.get("coco_1k", "auto"), "run.coco_1k"),
+            eccv_caption=_tristate(cfg.get("eccv_caption", "auto"), "run.eccv_caption"),
+            coco_captions_json=str(captions) if captions else None,
+            save_rankings=keep,
+        )
+        if settings.itm_eval == "stock" and settings.coco_1k == "true":
+            raise ValueError("run.coco_1k: true needs run.itm_eval: fast (each fold is re-ranked on its own)")
+        return settings

@@ -103,11 +103,8 @@ RUN_READERS: tuple[Reader, ...] = (
     Reader("lavis_listwise.runners.runner_listwise", _RUN),
     Reader("lavis_listwise.tasks.retrieval_listwise", (*_RUN, "self.cfg")),
     # the task's constructor and EvalSettings receive the run config as ``cfg``
-    Reader(
-        "lavis_listwise.tasks.retrieval_listwise",
-        ("cfg",),
-        ("RetrievalListwiseTask.__init__", "EvalSettings.from_run_cfg"),
-    ),
+    Reader("lavis_listwise.tasks.retrieval_listwise", ("cfg",), ("RetrievalListwiseTask.__init__",)),
+    Reader("lavis_listwise.config", ("cfg",), ("EvalSettings.from_run_cfg",)),
     Reader("lavis_listwise.config_check", _RUN),
 )
 

@@ -35,7 +35,7 @@ def _check(scores, other, other_name: str, k: int) -> tuple[Tensor, Tensor, int]
     return s, o.to(s.device), min(int(k), s.shape[1])
 
 
-def _row_chunks(n_rows: int, n_cols: int):
+def row_chunks(n_rows: int, n_cols: int):
     step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
@@ -61,7 +61,7 @@ def recall_at_k(scores, positive_mask, k: int) -> float:
     s, pos, k = _check(scores, positive_mask, "positive_mask", k)
     pos = pos.to(torch.bool)
     hits = 0
-    for rows in _row_chunks(*s.shape):
+    for rows in row_chunks(*s.shape):
         top = s[rows].topk(k, dim=1).indices
         hits += int(pos[rows].gather(1, top).any(dim=1).sum())
     return hits / s.shape[0]
@@ -84,7 +84,7 @@ def ndcg_at_k(scores, relevance, k: int) -> float:
     rel = rel.to(torch.float64)
     discounts = dcg_discounts(k, device=s.device)
     total = 0.0
-    for rows in _row_chunks(*s.shape):
+    for rows in row_chunks(*s.shape):
         r = rel[rows]
         top = s[rows].topk(k, dim=1).indices
         dcg = (torch.expm1(r.gather(1, top) * 0.6931471805599453) * discounts).sum(dim=1)
@@ -110,7 +110,7 @@ def _precision_at_positives(scores, positive_mask) -> tuple[Tensor, Tensor]:
         )
     map_r = torch.empty(s.shape[0], dtype=torch.float64)
     r_prec = torch.empty(s.shape[0], dtype=torch.float64)
-    for rows in _row_chunks(*s.shape):
+    for rows in row_chunks(*s.shape):
         r = n_pos[rows]
         depth = int(r.max())
         order = s[rows].sort(dim=1, descending=True, stable=True).indices[:, :depth]

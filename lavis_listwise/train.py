@@ -41,6 +41,7 @@ def read_yaml_file(path: str, key: str = "--cfg-path"):
         raise ConfigError(f"{key}: {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from None
 
 
+# Replaces setup_seeds of LAVIS's train.py, which the wheel does not ship.
 def _setup_seeds(run_cfg) -> None:
     from lavis.common.dist_utils import get_rank
 
@@ -52,6 +53,7 @@ def _setup_seeds(run_cfg) -> None:
     torch.backends.cudnn.deterministic = True
 
 
+# Replaces main() of LAVIS's train.py (not in the wheel): the same flow, plugin registered first.
 def build_run(args: argparse.Namespace, quiet: bool = False):
     """Parse the YAML (after registering the plugin), set up distribution and seeds, and build
     the task, datasets, model and runner. ``quiet`` keeps LAVIS's INFO logging and config dump off."""

@@ -142,9 +142,8 @@ def test_changed_captions_rebuild_the_cache(tmp_path, tiny_dataset):
 @pytest.mark.parametrize("name", ["blip", "albef"])
 def test_project_yamls_parse_and_validate(name):
     """Every shipped experiment YAML goes through LAVIS's Config and the plugin's key checks."""
-    from lavis_listwise.config import ListwiseConfig
+    from lavis_listwise.config import EvalSettings, ListwiseConfig
     from lavis_listwise.resources import config_path
-    from lavis_listwise.tasks.retrieval_listwise import EvalSettings
 
     paths = sorted(Path(config_path(f"projects/{name}/retrieval_coco_eval.yaml")).parent.glob("*.yaml"))
     assert len(paths) == 4

@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lavis_listwise.eccv_caption import (
-    ECCV_CAPTION_METRIC_KEYS,
-    coco_ids_from_annotation,
-    eccv_caption_metrics,
-)
+from lavis_listwise.evaluation import ECCV_CAPTION_METRIC_KEYS, coco_ids_from_annotation, eccv_caption_metrics
 
 # --------------------------------------------------------------------------------------------------------
 # coco_ids_from_annotation
@@ -328,8 +324,8 @@ def test_nan_scores_raise(split):
 
 
 def test_karpathy_test_split_is_recognised_by_its_image_ids():
-    from lavis_listwise.eccv_caption import coco_image_ids, coco_karpathy_test_image_ids
-    from lavis_listwise.tasks.retrieval_listwise import _is_coco_karpathy_test
+    from lavis_listwise.evaluation import coco_image_ids, coco_karpathy_test_image_ids
+    from lavis_listwise.evaluation import is_coco_karpathy_test as _is_coco_karpathy_test
 
     test_ids = sorted(coco_karpathy_test_image_ids())
     assert len(test_ids) == 5000

@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 import lavis_listwise  # noqa: F401
+from lavis_listwise.config import EvalSettings
 from lavis_listwise.datasets.retrieval_listwise import ListwiseRetrievalEvalDataset
+from lavis_listwise.evaluation import RerankView, coco_1k_folds, compute_sim_matrix_fast, ranking_report
+from lavis_listwise.evaluation.rerank import itm_batches
 from lavis_listwise.metrics import lavis_recalls
 from lavis_listwise.models.builders import stock_twin
-from lavis_listwise.tasks.itm_rerank import RerankView, _batches, compute_sim_matrix_fast
-from lavis_listwise.tasks.retrieval_listwise import EvalSettings, coco_1k_folds, ranking_report
 
 ARCHS = ("blip_retrieval_listwise", "albef_retrieval_listwise")
 N_TEST = 20
@@ -122,7 +123,7 @@ def test_a_view_equals_lavis_on_that_subset(eval_data, tmp_path):
 def test_batches_cover_every_pair_once_within_the_budget():
     image_of_pair = torch.tensor([0] * 9 + [2] * 3 + [3] * 1 + [7] * 4)
     seen = []
-    for images, rows, row_group in _batches(image_of_pair, max_pairs=4):
+    for images, rows, row_group in itm_batches(image_of_pair, max_pairs=4):
         assert len(rows) <= 4 and torch.equal(image_of_pair[rows], images[row_group])
         assert torch.all(row_group[1:] >= row_group[:-1])  # grouped by image
         seen += rows.tolist()

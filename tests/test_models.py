@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.config import ListwiseConfig
+from lavis_listwise.losses import bidirectional_smooth_ndcg_loss
 from lavis_listwise.models.builders import build_bert_tokenizer, stock_twin
 
 ARCHS = {"blip_retrieval_listwise": BlipRetrieval, "albef_retrieval_listwise": AlbefRetrieval}
@@ -73,10 +74,20 @@ def test_listwise_term_adds_to_the_stock_losses(arch):
     samples = batch()
     ours, theirs = _run(model, samples), _run(stock, samples)
     assert torch.equal(ours.loss_itc, theirs.loss_itc) and torch.equal(ours.loss_itm, theirs.loss_itm)
-    assert ours.loss_listwise > 0
+    # the term is bidirectional S-NDCG of the grad-carrying ITC features against the table's RSC
+    inter = ours.intermediate_output
+    image_feat = torch.nn.functional.normalize(model.vision_proj(inter.image_embeds[:, 0]), dim=-1)
+    text_feat = torch.nn.functional.normalize(model.text_proj(inter.text_embeds[:, 0]), dim=-1)
+    relevance = model.batch_relevance(
+        samples["caption_index"], samples["image_caption_index"], samples["image_id"]
+    )
+    expected = bidirectional_smooth_ndcg_loss(image_feat @ text_feat.t(), relevance, model.listwise_loss.tau)
+    torch.testing.assert_close(ours.loss_listwise, expected)
     torch.testing.assert_close(ours.loss, theirs.loss + 0.5 * ours.loss_listwise)
     ours.loss.backward()
-    assert model.vision_proj.weight.grad.abs().sum() > 0
+    theirs.loss.backward()
+    # the listwise term reaches the projection the stock loss also trains
+    assert not torch.allclose(model.vision_proj.weight.grad, stock.vision_proj.weight.grad)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -128,6 +139,9 @@ def test_missing_rsc_fields_and_table_are_clear_errors():
         ({"tau": 0}, "model.listwise.tau must be > 0"),
         ({"tau": "abc"}, "model.listwise.tau must be a number"),
         ({"combine": "mul"}, "model.listwise.combine"),
+        ({"kernel": "cuda"}, "model.listwise.kernel must be one of"),
+        ({"relevance_topk": True}, "model.listwise.relevance_topk must be a positive integer"),
+        ({"ideal_dcg": "best"}, "model.listwise.ideal_dcg must be one of"),
         ({"weigth": 1}, "model.listwise: unknown key"),
         ({"relevance": {"encoder": "/nonexistent/encoder"}}, "model.listwise.relevance.encoder"),
     ],
@@ -152,3 +166,32 @@ def test_bundled_tokenizer_matches_bert_base_uncased_vocabulary():
     tok = build_bert_tokenizer(None, blip_special_tokens=True)
     assert len(tok) == 30524 and tok.enc_token_id == 30523 and tok.bos_token_id == 30522
     assert tok("A Dog, running!").input_ids == [101, 1037, 3899, 1010, 2770, 999, 102]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_yaml_listwise_settings_reach_the_models_loss(arch, tmp_path):
+    """Every non-default ``model.listwise`` value of a run YAML, merged by LAVIS's own
+    ``Config.build_model_config`` over the tiny model's defaults, reaches the loss the model trains with."""
+    from lavis.common.config import Config
+
+    from lavis_listwise.losses import SmoothNDCGLoss
+
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text(
+        f"model:\n  arch: {arch}\n  model_type: tiny\n  listwise:\n"
+        "    tau: 0.05\n    kernel: torch\n    weight: 0.3\n    combine: convex\n"
+        "    relevance_topk: 3\n    ideal_dcg: sorted\n"
+    )
+    model_cfg = Config.build_model_config(OmegaConf.load(yaml)).model
+    torch.manual_seed(0)
+    model = registry.get_model_class(model_cfg.arch).from_config(model_cfg).train()
+    loss = model.listwise_loss
+    assert type(loss) is SmoothNDCGLoss
+    assert (loss.tau, loss.kernel, loss.relevance_topk, loss.ideal_dcg) == (0.05, "torch", 3, "sorted")
+    assert (model.listwise_cfg.weight, model.listwise_cfg.combine) == (0.3, "convex")
+    model.set_caption_embeddings(table())
+    out = _run(model, batch())
+    torch.testing.assert_close(out.loss, 0.7 * (out.loss_itc + out.loss_itm) + 0.3 * out.loss_listwise)
+    # the term is S-NDCG with exactly these settings: a different tau gives a different value
+    model.listwise_loss = SmoothNDCGLoss(tau=0.01, kernel="torch", relevance_topk=3, ideal_dcg="sorted")
+    assert _run(model, batch()).loss_listwise != out.loss_listwise

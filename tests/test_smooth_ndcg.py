@@ -61,13 +61,16 @@ def test_ties_in_scores_and_relevance():
     ours.sum().backward()
     ref.sum().backward()
     torch.testing.assert_close(s1.grad, s2.grad)
-    # tied relevance shares the best ideal rank: row 0 ideal ranks are 1, 1, 3, 3
-    gains = torch.tensor([1.0, 1.0, math.sqrt(2) - 1, math.sqrt(2) - 1])
-    idcg = (gains / torch.log2(1 + torch.tensor([1.0, 1.0, 3.0, 3.0]))).sum()
-    # all-equal scores in row 1: every smoothed rank is 1 + 3 * 0.5
+    # row 0 by hand: tied relevance shares the best ideal rank, so the ideal ranks are 1, 1, 3, 3
+    gains = [1.0, 1.0, math.sqrt(2) - 1, math.sqrt(2) - 1]
+    idcg = sum(g / math.log2(1 + r) for g, r in zip(gains, [1.0, 1.0, 3.0, 3.0]))
+    sig = 1 / (1 + math.exp(2.0))  # sigmoid((0.1 - 0.3) / 0.1)
+    ranks = [1 + 2 * 0.5 + sig] * 3 + [1 + 3 * (1 - sig)]  # three tied top scores, then 0.1
+    dcg = sum(g / math.log2(1 + r) for g, r in zip(gains, ranks))
+    assert ours[0].item() == pytest.approx(1 - dcg / idcg, rel=1e-12)
+    # all-equal scores in row 1: every smoothed rank is 1 + 3 * 0.5; ideal ranks 1, 3, 3, 1
     dcg = 2.0 / math.log2(1 + 2.5)
-    assert ours[1].item() == pytest.approx(1 - dcg / 2.0)
-    assert idcg > 0
+    assert ours[1].item() == pytest.approx(1 - dcg / 2.0, rel=1e-12)
 
 
 def test_hand_computed_single_row():
@@ -214,7 +217,7 @@ def test_relevance_topk_gradcheck_and_errors():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_centred_exp_gives_the_sigmoid_and_marks_wide_rows(dtype):
-    from lavis_listwise.losses.centred_exp import CENTRED_EXP_LIMIT, centred_exp
+    from lavis_listwise.losses.kernels.centred_exp import CENTRED_EXP_LIMIT, centred_exp
 
     limit = CENTRED_EXP_LIMIT[dtype]
     g = torch.Generator().manual_seed(5)
@@ -237,7 +240,7 @@ def test_centred_exp_gives_the_sigmoid_and_marks_wide_rows(dtype):
 
 
 def test_by_row_kind_routes_rows_and_propagates_failure():
-    from lavis_listwise.losses.centred_exp import by_row_kind
+    from lavis_listwise.losses.kernels.centred_exp import by_row_kind
 
     like = torch.zeros(5, 3)
     safe = torch.tensor([True, False, True, False, False])
@@ -250,7 +253,7 @@ def test_by_row_kind_routes_rows_and_propagates_failure():
 
 def test_ideal_dcg_ties_share_the_best_rank():
     """Sorted-order IDCG against the definition ``rank*_i = 1 + #{j : r_j > r_i}``, counted pairwise."""
-    from lavis_listwise.losses.smooth_ndcg import ideal_dcg
+    from lavis_listwise.losses.dcg import ideal_dcg
 
     g = torch.Generator().manual_seed(11)
     relevance = (torch.rand(6, 57, generator=g, dtype=torch.float64) * 4).round() / 4  # many ties
@@ -286,7 +289,7 @@ def test_sorted_ideal_dcg_reaches_zero_on_a_perfect_row_with_tied_positives():
 def test_sorted_ideal_dcg_is_the_evaluation_normaliser():
     """``ideal_dcg(rule="sorted")`` is the ideal DCG of ``metrics.ndcg_at_k`` (k = N), and equals the
     paper's rule on rows without tied non-zero gains."""
-    from lavis_listwise.losses.smooth_ndcg import ideal_dcg
+    from lavis_listwise.losses.dcg import ideal_dcg
     from lavis_listwise.metrics import ndcg_at_k
 
     g = torch.Generator().manual_seed(5)
@@ -310,3 +313,30 @@ def test_sorted_ideal_dcg_is_the_evaluation_normaliser():
         smooth_ndcg_loss(scores, relevance, ideal_dcg="best")
     with pytest.raises(ValueError, match="ideal_dcg"):
         SmoothNDCGLoss(ideal_dcg="best")
+
+
+@pytest.mark.parametrize("topk", [None, 4])
+def test_unchecked_entry_skips_the_checks_and_never_reads_a_tensor_on_the_host(topk, monkeypatch):
+    """The training hot path (``SmoothNDCGLoss.unchecked``) equals ``forward`` on valid input, does not
+    check the tensors (NaN scores give a NaN loss instead of an error), and forward + backward never
+    convert a tensor to a Python value (on GPU, each would be a device-to-host sync)."""
+    loss = SmoothNDCGLoss(tau=0.05, kernel="torch", relevance_topk=topk)
+    scores, relevance = _inputs(6, 9)
+    s1, s2 = scores.clone().requires_grad_(), scores.clone().requires_grad_()
+    checked = loss(s1, relevance)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tensor was read on the host")
+
+    with monkeypatch.context() as m:
+        for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+            m.setattr(torch.Tensor, name, host_read)
+        unchecked = loss.unchecked(s2, relevance)
+        unchecked.backward()
+    checked.backward()
+    assert torch.equal(unchecked, checked) and torch.equal(s2.grad, s1.grad)
+    bad = scores.clone()
+    bad[0, 0] = float("nan")
+    assert torch.isnan(loss.unchecked(bad, relevance))
+    with pytest.raises(ValueError, match="NaN"):
+        loss(bad, relevance)

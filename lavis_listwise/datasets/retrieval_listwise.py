@@ -25,6 +25,7 @@ from lavis.datasets.datasets.retrieval_datasets import RetrievalDataset, Retriev
 
 from ..errors import DataError
 from ..registration import register_once
+from ..relevance import caption_groups_to_index
 from ..resources import config_path
 
 __all__ = [
@@ -211,17 +212,6 @@ def _check_processed(texts: Sequence[str], entry_of_text: Sequence[int], spans: 
 def missing_image_files(vis_root: str, images: Sequence[str]) -> list[str]:
     """The distinct entries of ``images`` (paths relative to ``vis_root``) that are not files."""
     return [i for i in dict.fromkeys(images) if not os.path.isfile(os.path.join(vis_root, i))]
-
-
-def caption_groups_to_index(groups: list[list[int]], width: int | None = None) -> torch.Tensor:
-    """``[len(groups), width]`` long tensor of each group's indices, ``-1`` padded."""
-    width = max(len(g) for g in groups) if width is None else width
-    out = torch.full((len(groups), width), -1, dtype=torch.long)
-    for row, group in enumerate(groups):
-        if len(group) > width:
-            raise ValueError(f"an image has {len(group)} captions, more than the pad width {width}")
-        out[row, : len(group)] = torch.tensor(group, dtype=torch.long)
-    return out
 
 
 class ListwiseRetrievalDataset(RetrievalDataset):

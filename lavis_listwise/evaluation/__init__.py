@@ -1,5 +1,18 @@
-"""Evaluation beyond LAVIS's recalls: ground-truth graded relevance and relevance agreement."""
+"""Evaluation beyond LAVIS's recalls, and a faster re-ranking to compute them.
 
+* :mod:`.features`, :mod:`.packed_encoder`, :mod:`.rerank`: the fast ITC + ITM re-ranking
+  (``run.itm_eval: fast``), LAVIS's ``compute_sim_matrix`` scores with far less ITM work;
+* protocols: :mod:`.coco_1k` (COCO 1K folds), :mod:`.coco_ids` + :mod:`.eccv_cxc` (ECCV Caption and
+  CxC through the ``eccv-caption`` package);
+* metrics: :mod:`.graded` (NDCG against RSC), :mod:`.ground_truth` (graded ground truth and the
+  relevance's agreement with it);
+* :mod:`.rankings`: the per-query rankings report.
+"""
+
+from .coco_1k import COCO_1K_FOLDS, COCO_1K_IMAGES, coco_1k_folds, coco_1k_metrics, is_coco_karpathy_test
+from .coco_ids import coco_ids_from_annotation, coco_image_ids
+from .eccv_cxc import ECCV_CAPTION_METRIC_KEYS, coco_karpathy_test_image_ids, eccv_caption_metrics
+from .graded import NDCG_KS, annotated_pairs, rsc_ndcg_metrics, split_rsc_relevance
 from .ground_truth import (
     GT_NDCG_KS,
     GroundTruth,
@@ -10,14 +23,35 @@ from .ground_truth import (
     positive_threshold,
     relevance_agreement,
 )
+from .rankings import ranking_report, write_rankings
+from .rerank import DEFAULT_MAX_PAIRS, RerankView, compute_sim_matrix_fast
 
 __all__ = [
+    "COCO_1K_FOLDS",
+    "COCO_1K_IMAGES",
+    "DEFAULT_MAX_PAIRS",
+    "ECCV_CAPTION_METRIC_KEYS",
     "GT_NDCG_KS",
+    "NDCG_KS",
     "GroundTruth",
+    "RerankView",
+    "annotated_pairs",
     "average_ranks",
+    "coco_1k_folds",
+    "coco_1k_metrics",
+    "coco_ids_from_annotation",
+    "coco_image_ids",
+    "coco_karpathy_test_image_ids",
+    "compute_sim_matrix_fast",
+    "eccv_caption_metrics",
     "ground_truth_metrics",
     "gt_relevance_paths",
+    "is_coco_karpathy_test",
     "load_ground_truth",
     "positive_threshold",
+    "ranking_report",
     "relevance_agreement",
+    "rsc_ndcg_metrics",
+    "split_rsc_relevance",
+    "write_rankings",
 ]

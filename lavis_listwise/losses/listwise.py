@@ -10,10 +10,41 @@ from .registry import get_loss_class, register_loss
 from .smooth_ndcg import SmoothNDCGLoss, smooth_ndcg_loss
 from .triplet import TripletLoss
 
-__all__ = ["bidirectional_listwise_loss", "bidirectional_smooth_ndcg_loss", "PairwiseListwiseLoss"]
+__all__ = [
+    "COMBINE_RULES",
+    "PairwiseListwiseLoss",
+    "bidirectional_listwise_loss",
+    "bidirectional_smooth_ndcg_loss",
+    "check_combine",
+    "combine_losses",
+]
 
 register_loss("smooth_ndcg")(SmoothNDCGLoss)
 register_loss("triplet")(TripletLoss)
+
+#: ``combine`` rules: ``add`` (``pairwise + w * listwise``), ``convex`` (``(1-w) * pairwise + w * listwise``).
+COMBINE_RULES = ("add", "convex")
+
+
+def check_combine(weight: float, combine: str) -> None:
+    """Check a listwise ``weight`` and ``combine`` rule, the one place they are checked.
+
+    Raises:
+        ValueError whose message starts with the parameter's name.
+    """
+    if combine not in COMBINE_RULES:
+        raise ValueError(f"combine must be 'add' or 'convex', got {combine!r}")
+    if weight < 0:
+        raise ValueError(f"weight must be >= 0, got {weight!r}")
+    if combine == "convex" and weight > 1:
+        raise ValueError(f"weight must be <= 1 with combine: convex, got {weight!r}")
+
+
+def combine_losses(pairwise: Tensor, listwise: Tensor, weight: float, combine: str) -> Tensor:
+    """The training objective: ``pairwise + weight * listwise`` (``add``) or the paper's
+    ``(1 - weight) * pairwise + weight * listwise`` (``convex``)."""
+    keep = 1.0 - weight if combine == "convex" else 1.0
+    return keep * pairwise + weight * listwise
 
 
 def bidirectional_listwise_loss(
@@ -71,10 +102,7 @@ class PairwiseListwiseLoss(nn.Module):
         reference_compat: bool = False,
     ) -> None:
         super().__init__()
-        if combine not in ("convex", "add"):
-            raise ValueError(f"combine must be 'convex' or 'add', got {combine!r}")
-        if weight < 0 or (combine == "convex" and weight > 1):
-            raise ValueError(f"weight must be in [0, 1] for convex, >= 0 for add; got {weight!r}")
+        check_combine(weight, combine)
         self.pairwise = get_loss_class(pairwise)(**(pairwise_kwargs or {}))
         self.listwise = SmoothNDCGLoss(tau)
         self.weight, self.combine, self.reference_compat = float(weight), combine, reference_compat
@@ -82,6 +110,5 @@ class PairwiseListwiseLoss(nn.Module):
     def forward(self, sim: Tensor, relevance: Tensor, positive_mask: Tensor) -> dict[str, Tensor]:
         pairwise = self.pairwise(sim, positive_mask)
         listwise = bidirectional_smooth_ndcg_loss(sim, relevance, self.listwise.tau, self.reference_compat)
-        keep = 1.0 - self.weight if self.combine == "convex" else 1.0
-        loss = keep * pairwise + self.weight * listwise
+        loss = combine_losses(pairwise, listwise, self.weight, self.combine)
         return {"loss": loss, "loss_pairwise": pairwise, "loss_listwise": listwise}

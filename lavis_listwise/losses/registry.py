@@ -2,7 +2,10 @@
 
 Listwise losses (class attribute ``is_listwise = True``, usable as ``model.listwise.loss``) take
 ``forward(scores [Q, N], relevance [Q, N])`` and are constructed as
-``cls(tau=..., kernel=..., relevance_topk=..., ideal_dcg=...)``.
+``cls(tau=..., kernel=..., relevance_topk=..., ideal_dcg=...)``; ``cls.check_params(**those)``
+checks the same keyword arguments without building (``ListwiseConfig`` calls it), and
+``loss.unchecked(scores, relevance)``, where present, is ``forward`` without its per-call tensor
+checks (the models' training step calls it).
 
 LAVIS has no loss registry; this one follows ``lavis.common.registry`` (a name maps to a class,
 a taken name raises ``KeyError``) with one difference: re-registering the *same* class, as a

@@ -8,12 +8,11 @@ from full S-NDCG depends on how much gain the dropped candidates held.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from .smooth_ndcg import IDEAL_DCG_RULES, _gains, dcg_and_rank_weights_, ideal_dcg
+from .chunked import DEFAULT_TILE_BYTES
+from .dcg import compute_dtype, dcg_and_rank_weights_, gains, ideal_dcg, loss_coefficient, normalised_loss
 
 __all__ = ["sparse_smooth_ndcg_per_row"]
 
@@ -25,11 +24,11 @@ def _chunk(k: int, n: int, elem_bytes: int, tile_bytes: int) -> int:
 class _SparseSmoothNDCG(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, relevance: Tensor, tau: float, topk: int, tile_bytes: int, ideal: str):
-        dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(scores.dtype)
         x = scores.detach().to(dtype) / tau
         rel_top, top = relevance.detach().to(dtype).topk(topk, dim=1)  # [Q, K]
-        gains = _gains(rel_top, dtype)
-        idcg = ideal_dcg(gains, rel_top, ideal)  # the ideal DCG of the truncated relevance
+        top_gains = gains(rel_top, dtype)
+        idcg = ideal_dcg(top_gains, rel_top, ideal)  # the ideal DCG of the truncated relevance
         x_top = x.gather(1, top)
         ranks = torch.empty_like(x_top)
         rows = _chunk(topk, x.shape[1], x.element_size(), tile_bytes)
@@ -37,19 +36,17 @@ class _SparseSmoothNDCG(torch.autograd.Function):
             sl = slice(q0, q0 + rows)
             # [c, K, N] = sigma(x_j - x_i) for kept i; the j = i term is 1/2
             ranks[sl] = 0.5 + (x[sl, None, :] - x_top[sl, :, None]).sigmoid_().sum(dim=2)
-        dcg, rank_weights = dcg_and_rank_weights_(gains, ranks)  # overwrites gains and ranks
-        valid = idcg > 0
-        safe_idcg = torch.where(valid, idcg, torch.ones_like(idcg))
+        dcg, rank_weights = dcg_and_rank_weights_(top_gains, ranks)  # overwrites top_gains and ranks
+        loss, safe_idcg, valid = normalised_loss(dcg, idcg)
         ctx.save_for_backward(x, x_top, top, rank_weights, safe_idcg, valid)
         ctx.tau, ctx.tile_bytes, ctx.input_dtype = tau, tile_bytes, scores.dtype
-        return torch.where(valid, 1.0 - dcg / safe_idcg, torch.zeros_like(dcg))
+        return loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):
         x, x_top, top, rank_weights, safe_idcg, valid = ctx.saved_tensors
-        coef = torch.where(valid, grad_loss.to(x.dtype) / safe_idcg, torch.zeros_like(safe_idcg))
-        g = rank_weights * coef[:, None]  # dL/d rank, [Q, K]
+        g = rank_weights * loss_coefficient(grad_loss, safe_idcg, valid)[:, None]  # dL/d rank, [Q, K]
         grad = torch.zeros_like(x)
         rows = _chunk(top.shape[1], x.shape[1], x.element_size(), ctx.tile_bytes)
         for q0 in range(0, x.shape[0], rows):
@@ -68,23 +65,19 @@ def sparse_smooth_ndcg_per_row(
     relevance: Tensor,
     tau: float,
     topk: int,
-    tile_bytes: int = 8 * 1024 * 1024,
+    tile_bytes: int = DEFAULT_TILE_BYTES,
     *,
     ideal_dcg: str = "paper",
 ) -> Tensor:
     """``[Q]`` ``1 - S-NDCG`` with gains only on each row's ``topk`` most relevant candidates.
 
+    Unchecked: :func:`~lavis_listwise.losses.smooth_ndcg_loss` validates its arguments and calls this.
+
     Args:
         scores: ``[Q, N]`` (differentiable); relevance: ``[Q, N]`` graded relevance >= 0.
-        topk: kept candidates per row; ``topk >= N`` is the exact loss.
-        ideal_dcg: ``"paper"`` or ``"sorted"``, as in :func:`~.smooth_ndcg.smooth_ndcg_loss`.
+        topk: kept candidates per row (``>= 1``); ``topk >= N`` is the exact loss.
+        ideal_dcg: ``"paper"`` or ``"sorted"``, as in :func:`~lavis_listwise.losses.smooth_ndcg_loss`.
     """
-    if not isinstance(topk, int) or topk < 1:
-        raise ValueError(f"relevance_topk must be a positive integer, got {topk!r}")
-    if not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
-    if ideal_dcg not in IDEAL_DCG_RULES:
-        raise ValueError(f"ideal_dcg must be one of {IDEAL_DCG_RULES}, got {ideal_dcg!r}")
     return _SparseSmoothNDCG.apply(
         scores, relevance, float(tau), min(topk, scores.shape[1]), tile_bytes, ideal_dcg
     )

@@ -23,6 +23,7 @@ class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
     }
     blip_special_tokens = False
 
+    # Replaces AlbefRetrieval.from_config: custom encoders, model.listwise, local tokenizer (UPSTREAMING 8).
     @classmethod
     def from_config(cls, cfg=None):
         return cls.build_from_config(

@@ -23,6 +23,7 @@ class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
     }
     blip_special_tokens = True
 
+    # Replaces BlipRetrieval.from_config: custom encoders, model.listwise, local tokenizer (UPSTREAMING 8).
     @classmethod
     def from_config(cls, cfg=None):
         model = cls.build_from_config(

@@ -4,7 +4,13 @@ relevance or embeddings computed elsewhere (files)."""
 from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
 from .files import RelevanceMatrix, read_caption_embeddings, read_relevance_file
-from .rsc import check_shaping, rsc_relevance, rsc_relevance_from_table, shape_cosines
+from .rsc import (
+    caption_groups_to_index,
+    check_shaping,
+    rsc_relevance,
+    rsc_relevance_from_table,
+    shape_cosines,
+)
 
 __all__ = [
     "CacheCorruptError",
@@ -12,6 +18,7 @@ __all__ = [
     "RelevanceMatrix",
     "SentenceEncoder",
     "caption_cache_key",
+    "caption_groups_to_index",
     "check_shaping",
     "default_encoder_path",
     "read_caption_embeddings",

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rsc_relevance", "rsc_relevance_from_table", "shape_cosines", "check_shaping"]
+__all__ = [
+    "caption_groups_to_index",
+    "check_shaping",
+    "rsc_relevance",
+    "rsc_relevance_from_table",
+    "shape_cosines",
+]
 
 #: Elements of the ``[chunk, K, T]`` similarity block computed at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -147,3 +153,14 @@ def rsc_relevance_from_table(
         floor=floor,
         sharpen=sharpen,
     )
+
+
+def caption_groups_to_index(groups: list[list[int]], width: int | None = None) -> torch.Tensor:
+    """``[len(groups), width]`` long tensor of each group's indices, ``-1`` padded."""
+    width = max(len(g) for g in groups) if width is None else width
+    out = torch.full((len(groups), width), -1, dtype=torch.long)
+    for row, group in enumerate(groups):
+        if len(group) > width:
+            raise ValueError(f"an image has {len(group)} captions, more than the pad width {width}")
+        out[row, : len(group)] = torch.tensor(group, dtype=torch.long)
+    return out

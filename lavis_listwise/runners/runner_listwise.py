@@ -124,6 +124,7 @@ def _iter_loaders(loader):
     return list(loader.loaders) if isinstance(loader, MultiIterLoader) else [loader]
 
 
+# Replaces lavis.datasets.datasets.dataloader_utils.IterLoader.__next__: it sleeps 2 s per epoch.
 class _IterLoaderNoSleep(IterLoader):
     """LAVIS's ``IterLoader`` without its 2 s sleep at each epoch boundary, for loaders without worker
     processes: the sleep guards worker shutdown, and with no workers there is nothing to wait for."""
@@ -156,6 +157,7 @@ class RunnerListwise(RunnerBase):
     table before training: rank 0 computes or loads the cache, the other ranks wait, then load it.
     """
 
+    # Replaces RunnerBase.setup_output_dir: a relative output_dir lands in site-packages (UPSTREAMING 6).
     def setup_output_dir(self):
         output_dir = Path(self.config.run_cfg.output_dir).expanduser()
         if not output_dir.is_absolute():
@@ -169,6 +171,7 @@ class RunnerListwise(RunnerBase):
         registry.mapping["paths"].update(result_dir=str(result_dir), output_dir=str(output_dir))
         self.result_dir, self.output_dir = result_dir, output_dir
 
+    # Replaces RunnerBase.model: None on CPU, DDP device_ids on CPU (UPSTREAMING 1).
     @property
     def model(self):
         if self._wrapped_model is None or self._model.device != self.device:
@@ -180,6 +183,7 @@ class RunnerListwise(RunnerBase):
                 self._wrapped_model = self._model
         return self._wrapped_model
 
+    # Replaces RunnerBase.create_loaders on CPU only: PrefetchLoader needs CUDA (UPSTREAMING 2).
     def create_loaders(self, datasets, num_workers, batch_sizes, is_trains, collate_fns, dataset_ratios=None):
         if self.cuda_enabled:  # LAVIS's own loaders, PrefetchLoader included
             return super().create_loaders(
@@ -266,6 +270,7 @@ class RunnerListwise(RunnerBase):
         model.set_caption_embeddings(table)
 
     # ------------------------------------------------------------------ checkpoints
+    # Replaces RunnerBase._save_checkpoint: it drops frozen params, RNG, best metric (UPSTREAMING 5).
     def _save_checkpoint(self, cur_epoch, is_best=False, name=None, extra=None, rng_per_rank=None):
         """Write a complete checkpoint from the main process (other ranks return at once).
 
@@ -311,6 +316,7 @@ class RunnerListwise(RunnerBase):
             rng_per_rank=states,
         )
 
+    # Replaces RunnerBase._load_checkpoint: restores what _save_checkpoint adds (UPSTREAMING 5).
     def _load_checkpoint(self, url_or_filename):
         checkpoint = load_checkpoint_file(url_or_filename, map_location=self.device)
         try:
@@ -368,6 +374,7 @@ class RunnerListwise(RunnerBase):
         for iter_loader in _iter_loaders(loader):
             iter_loader.iter_loader = iter(iter_loader._dataloader)
 
+    # Replaces RunnerBase._reload_best_model: strict load with an error naming the file.
     def _reload_best_model(self, model):
         path = os.path.join(self.output_dir, "checkpoint_best.pth")
         logging.info("Loading checkpoint from %s.", path)
@@ -398,6 +405,7 @@ class RunnerListwise(RunnerBase):
                 f"{err}; nothing was saved after it; last good checkpoint: {last}"
             ) from err
 
+    # Replaces RunnerBase.train: unguarded dist.barrier, resume, latest checkpoint (UPSTREAMING 3, 5).
     def train(self):
         start_time = time.time()
         # (best agg_metrics, its epoch); -inf so the first validation always saves a best checkpoint

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from lavis.common.dist_utils import is_main_process
@@ -20,118 +17,32 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
 
-from ..config import RelevanceConfig
-from ..datasets.retrieval_listwise import ListwiseRetrievalDataset, caption_groups_to_index
+from ..config import EvalSettings, RelevanceConfig
+from ..datasets.retrieval_listwise import ListwiseRetrievalDataset
 from ..distributed import rank_and_world
 from ..errors import ConfigError, NonFiniteLossError
 from ..evaluation import (
+    RerankView,
+    annotated_pairs,
+    coco_1k_folds,
+    coco_1k_metrics,
+    coco_ids_from_annotation,
+    compute_sim_matrix_fast,
+    eccv_caption_metrics,
     ground_truth_metrics,
     gt_relevance_paths,
+    is_coco_karpathy_test,
     load_ground_truth,
     positive_threshold,
+    ranking_report,
     relevance_agreement,
+    rsc_ndcg_metrics,
+    split_rsc_relevance,
+    write_rankings,
 )
-from ..metrics import lavis_recalls, ndcg_at_k
 from ..registration import register_once
-from ..relevance import rsc_relevance_from_table
-from .itm_rerank import RerankView, compute_sim_matrix_fast
 
-__all__ = ["EvalSettings", "RetrievalListwiseTask", "coco_1k_folds"]
-
-NDCG_KS = (5, 10, 20)
-#: COCO 1K: the 5K Karpathy test split in five folds of 1,000 consecutive images.
-COCO_1K_FOLDS, COCO_1K_IMAGES = 5, 1000
-
-
-def _tristate(value, key: str) -> str:
-    """``auto`` / ``true`` / ``false`` from YAML (booleans or strings)."""
-    text = str(value).lower()
-    if text not in ("auto", "true", "false"):
-        raise ValueError(f"{key} must be auto, true or false, got {value!r}")
-    return text
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The ``run.*`` keys of the retrieval evaluation.
-
-    * ``itm_eval``: ``fast`` (:mod:`.itm_rerank`, default) or ``stock`` (LAVIS's
-      ``model.compute_sim_matrix``);
-    * ``itm_eval_pairs``: (image, caption) pairs per ITM forward of the fast path (default ``null``:
-      256 on CPU, 4096 on CUDA);
-    * ``eval_feature_device``: where the fast path keeps image features: ``auto`` (on the GPU when
-      they use under half its free memory), ``device`` or ``cpu``;
-    * ``coco_1k``: COCO 1K five-fold averages, each fold re-ranked on its own (``auto``: on the
-      COCO Karpathy 5K test split);
-    * ``eccv_caption`` and ``coco_captions_json``: ECCV Caption mAP@R / R-Precision / R@1 and CxC
-      recalls (``auto``: on the COCO Karpathy test split), which need COCO's
-      ``captions_val2014.json`` to map LAVIS's captions to COCO caption ids (a relative path is
-      under LAVIS's cache root, like dataset storage; checked when the datasets are built);
-    * ``save_rankings``: K > 0 writes every query's top-K to ``rankings_<split>_<epoch>.json``.
-    """
-
-    itm_eval: str = "fast"
-    itm_eval_pairs: int | None = None
-    eval_feature_device: str = "auto"
-    coco_1k: str = "auto"
-    eccv_caption: str = "auto"
-    coco_captions_json: str | None = None
-    save_rankings: int = 0
-
-    @classmethod
-    def from_run_cfg(cls, cfg) -> EvalSettings:
-        itm = str(cfg.get("itm_eval", "fast"))
-        if itm not in ("fast", "stock"):
-            raise ValueError(f"run.itm_eval must be 'fast' or 'stock', got {itm!r}")
-        pairs = cfg.get("itm_eval_pairs")
-        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1):
-            raise ValueError(f"run.itm_eval_pairs must be a positive integer or null, got {pairs!r}")
-        where = str(cfg.get("eval_feature_device", "auto"))
-        if where not in ("auto", "device", "cpu"):
-            raise ValueError(f"run.eval_feature_device must be auto, device or cpu, got {where!r}")
-        keep = cfg.get("save_rankings", 0) or 0
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ValueError(
-                f"run.save_rankings must be a non-negative integer (top-K per query), got {keep!r}"
-            )
-        captions = cfg.get("coco_captions_json")
-        settings = cls(
-            itm_eval=itm,
-            itm_eval_pairs=pairs,
-            eval_feature_device=where,
-            coco_1k=_tristate(cfg.get("coco_1k", "auto"), "run.coco_1k"),
-            eccv_caption=_tristate(cfg.get("eccv_caption", "auto"), "run.eccv_caption"),
-            coco_captions_json=str(captions) if captions else None,
-            save_rankings=keep,
-        )
-        if settings.itm_eval == "stock" and settings.coco_1k == "true":
-            raise ValueError("run.coco_1k: true needs run.itm_eval: fast (each fold is re-ranked on its own)")
-        return settings
-
-
-def coco_1k_folds(dataset) -> list[RerankView]:
-    """The five COCO 1K folds of a 5,000-image split: 1,000 consecutive images and their captions."""
-    n_img = len(dataset.image)
-    if n_img != COCO_1K_FOLDS * COCO_1K_IMAGES:
-        raise ValueError(
-            f"run.coco_1k: the COCO 1K protocol needs the 5,000-image COCO test split, this one has {n_img}"
-        )
-    txt2img = torch.tensor([dataset.txt2img[t] for t in range(len(dataset.text))])
-    folds = []
-    for f in range(COCO_1K_FOLDS):
-        lo, hi = f * COCO_1K_IMAGES, (f + 1) * COCO_1K_IMAGES
-        texts = ((txt2img >= lo) & (txt2img < hi)).nonzero().squeeze(1)
-        folds.append(RerankView(torch.arange(lo, hi), texts))
-    return folds
-
-
-def _view_ground_truth(dataset, view: RerankView) -> tuple[dict, dict]:
-    """LAVIS's ``txt2img`` / ``img2txt`` renumbered to a view's local rows and columns."""
-    img_pos = {int(i): r for r, i in enumerate(view.image_index.tolist())}
-    txt_pos = {int(t): r for r, t in enumerate(view.text_index.tolist())}
-    txt2img = {txt_pos[t]: img_pos[dataset.txt2img[t]] for t in txt_pos}
-    img2txt = {img_pos[i]: [txt_pos[t] for t in dataset.img2txt[i] if t in txt_pos] for i in img_pos}
-    return txt2img, img2txt
+__all__ = ["RetrievalListwiseTask", "check_run_sizes", "checked_loss_values"]
 
 
 def relevance_config_of(model) -> RelevanceConfig:
@@ -140,6 +51,7 @@ def relevance_config_of(model) -> RelevanceConfig:
     return cfg.relevance if cfg is not None else RelevanceConfig()
 
 
+# Replaces lavis.common.logger.MetricLogger.synchronize_between_processes: CUDA only (UPSTREAMING 4).
 def _synchronize_meters(metric_logger: MetricLogger) -> None:
     """Sum every meter's count and total over ranks. LAVIS's ``synchronize_between_processes``
     puts the tensor on ``cuda`` unconditionally, which fails on CPU (gloo)."""
@@ -241,6 +153,8 @@ class RetrievalListwiseTask(RetrievalTask):
         terms = {k: v.detach() for k, v in output.items() if k.startswith("loss") and k != "loss"}
         return output["loss"], terms
 
+    # Replaces BaseTask._train_inner_loop: its MetricLogger is local, so loss_* terms, the finite check
+    # before backward and the CPU-safe meter sync cannot be hooked in (UPSTREAMING: copies).
     def _train_inner_loop(
         self,
         epoch,
@@ -295,6 +209,7 @@ class RetrievalListwiseTask(RetrievalTask):
         logging.info("Averaged stats: %s", metric_logger.global_avg())
         return {k: f"{meter.global_avg:.3f}" for k, meter in metric_logger.meters.items()}
 
+    # Replaces RetrievalTask.evaluation: k_test check, fast re-rank, COCO 1K, ECCV, NDCG (UPSTREAMING 7, 10).
     def evaluation(self, model, data_loader, **kwargs):
         dataset = data_loader.dataset
         k_test = int(self.cfg.k_test)
@@ -331,10 +246,8 @@ class RetrievalListwiseTask(RetrievalTask):
         result = self._report_metrics(score_i2t, score_t2i, dataset.txt2img, dataset.img2txt)
         result.update(self.graded_metrics(score_i2t, score_t2i, dataset, relevance_config_of(model)))
         if fold_scores:
-            result.update(self._coco_1k_metrics(dataset, folds, fold_scores))
+            result.update(coco_1k_metrics(dataset, folds, fold_scores))
         if coco_ids is not None:
-            from ..eccv_caption import eccv_caption_metrics
-
             result.update(eccv_caption_metrics(score_i2t, score_t2i, *coco_ids))
         if self.agg_metric not in result:
             raise ValueError(
@@ -350,16 +263,14 @@ class RetrievalListwiseTask(RetrievalTask):
         rankings, self._rankings = self._rankings, None
         if rankings is not None and is_main_process():
             out = Path(registry.get_path("result_dir")) / f"rankings_{split_name}_{epoch}.json"
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(json.dumps(rankings))
-            os.replace(tmp, out)  # never a half-written file
+            write_rankings(rankings, out)
             logging.info("per-query top-%d rankings written to %s", rankings["k"], out)
         return val_result
 
     def _protocols(self, dataset) -> tuple[bool, bool]:
         """Whether a split gets the COCO 1K folds and the ECCV Caption / CxC metrics."""
         settings = self.eval_settings
-        coco_test = "auto" in (settings.coco_1k, settings.eccv_caption) and _is_coco_karpathy_test(dataset)
+        coco_test = "auto" in (settings.coco_1k, settings.eccv_caption) and is_coco_karpathy_test(dataset)
         use_1k = settings.coco_1k == "true" or (
             settings.coco_1k == "auto" and coco_test and settings.itm_eval == "fast"
         )
@@ -369,8 +280,6 @@ class RetrievalListwiseTask(RetrievalTask):
 
     def _coco_ids(self, dataset) -> tuple[list[int], list[int]]:
         """COCO image and caption ids of a split, mapped once."""
-        from ..eccv_caption import coco_ids_from_annotation
-
         if id(dataset) in self._coco_id_cache:
             return self._coco_id_cache[id(dataset)]
         path = self.eval_settings.coco_captions_json
@@ -385,44 +294,20 @@ class RetrievalListwiseTask(RetrievalTask):
         ids = self._coco_id_cache[id(dataset)] = coco_ids_from_annotation(dataset.annotation, path)
         return ids
 
-    def _coco_1k_metrics(self, dataset, folds: list[RerankView], fold_scores) -> dict[str, float]:
-        """LAVIS's recalls on each COCO 1K fold (re-ranked within the fold), averaged over folds."""
-        per_fold = []
-        for view, (s_i2t, s_t2i) in zip(folds, fold_scores):
-            txt2img, img2txt = _view_ground_truth(dataset, view)
-            per_fold.append(lavis_recalls(s_i2t, s_t2i, txt2img, img2txt))
-        keys = list(per_fold[0])
-        return {f"coco1k_{k}": float(np.mean([m[k] for m in per_fold])) for k in keys}
-
     def eval_relevance(self, dataset, relevance: RelevanceConfig) -> torch.Tensor:
         """RSC relevance ``[n_images, n_captions]`` of an evaluation split, computed once per split."""
         key = (id(dataset), relevance)
         if key not in self._eval_relevance:
-            self._eval_relevance[key] = self._compute_eval_relevance(dataset, relevance)
+            self._eval_relevance[key] = split_rsc_relevance(dataset, relevance)
         return self._eval_relevance[key]
-
-    @staticmethod
-    def _compute_eval_relevance(dataset, relevance: RelevanceConfig) -> torch.Tensor:
-        emb = relevance.caption_cache().get(dataset.text)
-        index = getattr(dataset, "image_caption_index", None)
-        if index is None:  # a stock LAVIS eval dataset
-            index = caption_groups_to_index([dataset.img2txt[i] for i in range(len(dataset.image))])
-        positive = annotated_pairs(dataset)
-        return rsc_relevance_from_table(
-            emb, index, torch.arange(len(dataset.text)), positive, **relevance.shaping
-        )
 
     def graded_metrics(self, score_i2t, score_t2i, dataset, relevance: RelevanceConfig) -> dict[str, float]:
         """NDCG@5/10/20 (percent) in both directions against RSC (shaped as the model trains), and
         against the split's ground truth when ``run.gt_relevance`` gives one (``gt_*``)."""
-        rel = self.eval_relevance(dataset, relevance)
-        s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
-        out = {}
-        for k in NDCG_KS:
-            out[f"txt_ndcg{k}"] = 100.0 * ndcg_at_k(s_i2t, rel, k)
-            out[f"img_ndcg{k}"] = 100.0 * ndcg_at_k(s_t2i, rel.t(), k)
+        out = rsc_ndcg_metrics(score_i2t, score_t2i, self.eval_relevance(dataset, relevance))
         ground_truth = getattr(dataset, "ground_truth", None)
         if ground_truth is not None:
+            s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
             out.update(ground_truth_metrics(s_i2t, s_t2i, ground_truth))
             self.relevance_agreement(dataset, relevance)  # logged once per split
         return out
@@ -447,14 +332,6 @@ class RetrievalListwiseTask(RetrievalTask):
                 "relevance agreement of RSC %s with %s: %s", relevance.shaping, ground_truth.path, agreement
             )
         return self._relevance_agreement[key]
-
-
-def annotated_pairs(dataset) -> torch.Tensor:
-    """``[n_images, n_captions]`` bool: the annotated (image, caption) pairs of an evaluation split."""
-    positive = torch.zeros(len(dataset.image), len(dataset.text), dtype=torch.bool)
-    for img, caps in dataset.img2txt.items():
-        positive[img, caps] = True
-    return positive
 
 
 def checked_loss_values(
@@ -522,57 +399,3 @@ def check_run_sizes(cfg, datasets: dict) -> None:
             f"processes = {batch_train} x {world} = {batch_train * world}: BLIP and ALBEF enqueue "
             "whole batches"
         )
-
-
-def _is_coco_karpathy_test(dataset) -> bool:
-    """Whether an evaluation split is COCO's 5K Karpathy test split (by its COCO image ids)."""
-    if len(dataset.image) != COCO_1K_FOLDS * COCO_1K_IMAGES or not hasattr(dataset, "annotation"):
-        return False
-    from ..eccv_caption import coco_image_ids, coco_karpathy_test_image_ids
-
-    try:
-        ids = coco_image_ids(dataset.annotation)
-    except ValueError:  # file names without a COCO id
-        return False
-    return set(ids) == coco_karpathy_test_image_ids()
-
-
-def ranking_report(score_i2t, score_t2i, dataset, k: int) -> dict:
-    """Every query's top-``k`` candidates with scores and ground truth, for inspection.
-
-    Returns ``{"k", "i2t": [{"image", "top": [{"text", "caption", "score", "positive"}]}], "t2i": [...]}``
-    with indices into the split's ``image`` / ``text`` lists.
-    """
-    s_i2t, s_t2i = torch.as_tensor(score_i2t), torch.as_tensor(score_t2i)
-    k_i, k_t = min(k, s_i2t.shape[1]), min(k, s_t2i.shape[1])
-    i2t_val, i2t_idx = s_i2t.topk(k_i, dim=1)
-    t2i_val, t2i_idx = s_t2i.topk(k_t, dim=1)
-    images = [str(path) for path in dataset.image]  # file names relative to the image root
-    i2t = [
-        {
-            "image": i,
-            "file": images[i],
-            "top": [
-                {
-                    "text": t,
-                    "caption": dataset.text[t],
-                    "score": round(v, 5),
-                    "positive": dataset.txt2img[t] == i,
-                }
-                for t, v in zip(idx, val)
-            ],
-        }
-        for i, (idx, val) in enumerate(zip(i2t_idx.tolist(), i2t_val.tolist()))
-    ]
-    t2i = [
-        {
-            "text": t,
-            "caption": dataset.text[t],
-            "top": [
-                {"image": i, "file": images[i], "score": round(v, 5), "positive": dataset.txt2img[t] == i}
-                for i, v in zip(idx, val)
-            ],
-        }
-        for t, (idx, val) in enumerate(zip(t2i_idx.tolist(), t2i_val.tolist()))
-    ]
-    return {"k": k, "i2t": i2t, "t2i": t2i}

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .centred_exp import apply_by_row_kind
+from .registry import FastKernel, register_kernel
 
 __all__ = ["compiled_ranks", "compiled_rank_backward", "compiled_available"]
 
@@ -93,3 +94,14 @@ def compiled_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor |
         functools.partial(_call, "rank_backward_direct", _rank_backward_direct),
         grad_rank,
     )
+
+
+register_kernel(
+    FastKernel(
+        "compiled",
+        compiled_ranks,
+        compiled_rank_backward,
+        compiled_available,
+        dtypes=(torch.float32, torch.float64),
+    )
+)

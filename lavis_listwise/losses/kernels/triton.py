@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .centred_exp import apply_by_row_kind
+from .registry import FastKernel, register_kernel
 
 __all__ = ["triton_available", "triton_rank_backward", "triton_ranks"]
 
@@ -148,3 +149,17 @@ def triton_rank_backward(scaled_scores: Tensor, grad_rank: Tensor) -> Tensor | N
         lambda x, g: _launch("rank backward", _rank_backward_kernel, x, x, g, factored=False),
         _as_fp32(grad_rank),
     )
+
+
+register_kernel(
+    FastKernel(
+        "triton",
+        triton_ranks,
+        triton_rank_backward,
+        triton_available,
+        dtypes=(torch.float32,),  # fp64 stays on the chunked path
+        needs_cuda=True,
+        cpu_runner="TRITON_INTERPRET=1 for Triton's CPU interpreter",
+        cpu_env={"TRITON_INTERPRET": "1"},
+    )
+)
