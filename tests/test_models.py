@@ -6,6 +6,7 @@ from lavis.common.registry import registry
 from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 from omegaconf import OmegaConf
+from retrieval_batch import retrieval_batch
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.config import ListwiseConfig
@@ -22,21 +23,7 @@ def tiny_cfg(arch, **listwise):
 
 
 def batch(n_images=4, per_image=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.arange(n_images).repeat_interleave(per_image)
-    words = ["red", "blue", "green", "small", "large", "circle", "square", "star"]
-    texts = [" ".join(words[j] for j in torch.randint(0, 8, (4,), generator=g).tolist()) for _ in ids]
-    caps = torch.arange(n_images * 5).view(n_images, 5)
-    return {
-        "image": torch.randn(len(ids), 3, 32, 32, generator=g),
-        "text_input": texts,
-        "image_id": ids,
-        "caption_index": caps[ids, torch.arange(len(ids)) % per_image],
-        "image_caption_index": caps[ids],
-        "epoch": 0,
-        "iters": 1,
-        "num_iters_per_epoch": 10,
-    }
+    return retrieval_batch(n_images, per_image, seed)
 
 
 def table(n=20, seed=0):

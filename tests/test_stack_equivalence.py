@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from retrieval_batch import retrieval_batch
 
 REFERENCE = Path(__file__).parent / "data" / "stack_reference.json"
 ARCHS = ("blip_retrieval_listwise", "albef_retrieval_listwise")
@@ -148,22 +149,8 @@ def _build(arch: str, model_type: str = "tiny", seed: int = 0):
     return registry.get_model_class(arch).from_config(cfg)
 
 
-def _batch(seed: int = 0, n_images: int = 4, per_image: int = 2, image_size: int = 32) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.arange(n_images).repeat_interleave(per_image)
-    words = ["red", "blue", "green", "small", "large", "circle", "square", "star"]
-    texts = [" ".join(words[j] for j in torch.randint(0, 8, (4,), generator=g).tolist()) for _ in ids]
-    caps = torch.arange(n_images * 5).view(n_images, 5)
-    return {
-        "image": torch.randn(len(ids), 3, image_size, image_size, generator=g),
-        "text_input": texts,
-        "image_id": ids,
-        "caption_index": caps[ids, torch.arange(len(ids)) % per_image],
-        "image_caption_index": caps[ids],
-        "epoch": 0,
-        "iters": 1,
-        "num_iters_per_epoch": 10,
-    }
+def _batch(seed: int = 0) -> dict:
+    return retrieval_batch(seed=seed)
 
 
 # -- what is compared ------------------------------------------------------------------------------
