@@ -64,7 +64,7 @@ def main() -> None:
 
     from lavis.models.albef_models import compute_sim_matrix
 
-    from lavis_listwise.datasets.synthetic import ensure_synthetic_dataset
+    from lavis_listwise.demo.synthetic import ensure_synthetic_dataset
     from lavis_listwise.evaluation import DEFAULT_MAX_PAIRS, compute_sim_matrix_fast
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="bench_eval_"))

@@ -38,7 +38,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from lavis_listwise.config import RelevanceConfig, default_cache_dir  # noqa: E402
 from lavis_listwise.datasets.retrieval_listwise import caption_groups_to_index  # noqa: E402
-from lavis_listwise.datasets.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
+from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
 from lavis_listwise.evaluation import relevance_agreement  # noqa: E402
 from lavis_listwise.relevance import rsc_relevance_from_table  # noqa: E402
 

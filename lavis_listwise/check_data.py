@@ -192,8 +192,8 @@ def check_data(
     import lavis_listwise  # noqa: F401  (registers the plugin's builders before the config is parsed)
 
     from .config_check import check_config
+    from .config_io import read_yaml_file
     from .errors import CheckpointError
-    from .train import read_yaml_file
 
     check_config(read_yaml_file(cfg_path), options)
     cfg = Config(argparse.Namespace(cfg_path=cfg_path, options=list(options)))

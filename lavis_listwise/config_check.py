@@ -116,11 +116,11 @@ TOP_LEVEL_READERS: tuple[Reader, ...] = (
         ("config",),
         ("Config.build_model_config", "Config.build_runner_config", "Config.build_dataset_config"),
     ),
-    Reader("lavis_listwise.demo", ("read_yaml_file(*)",), ("run_demo",)),
+    Reader("lavis_listwise.demo.runner", ("read_yaml_file(*)",), ("run_demo",)),
 )
 
 #: ``demo:`` of projects/demo/*.yaml (``spec`` in ``run_demo``).
-DEMO_READERS: tuple[Reader, ...] = (Reader("lavis_listwise.demo", ("spec",), ("run_demo",)),)
+DEMO_READERS: tuple[Reader, ...] = (Reader("lavis_listwise.demo.runner", ("spec",), ("run_demo",)),)
 
 #: ``model`` keys read outside the arch's ``from_config``: ``arch`` / ``model_type`` by LAVIS's Config
 #: and task, ``queue_size`` by the plugin's size check.

@@ -38,7 +38,7 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
             :func:`~lavis_listwise.config_check.check_config`.
     """
     from .config_check import check_config
-    from .train import read_yaml_file
+    from .config_io import read_yaml_file
 
     path = Path(script)
     if not path.is_file():

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import random
-import re
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,28 +16,10 @@ import torch
 # defined in the light command-line module, so `lavis-listwise --help` builds its parser without torch
 from lavis_listwise_cli import add_config_arguments
 
-__all__ = ["add_config_arguments", "build_run", "train", "evaluate", "format_results_table"]
+from .config_io import read_yaml_file
+from .evaluation.report import format_results_table
 
-_ROW = re.compile(r"^(?:(?P<group>[a-z0-9]+)_)??(?P<dir>txt|img)_(?P<metric>.+)$")
-_DIRECTION = {"txt": "image->text", "img": "text->image"}
-
-
-def read_yaml_file(path: str, key: str = "--cfg-path"):
-    """The YAML file at ``path`` as an OmegaConf object; :class:`ConfigError` naming ``key`` and the file
-    if it is missing, unreadable or not valid YAML."""
-    from omegaconf import OmegaConf
-    from yaml import YAMLError
-
-    from .errors import ConfigError
-
-    if not Path(path).is_file():
-        raise ConfigError(f"{key}: {str(path)!r} does not exist")
-    try:
-        return OmegaConf.load(path)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{key}: cannot read {str(path)!r}: {err}") from None
-    except YAMLError as err:
-        raise ConfigError(f"{key}: {str(path)!r} is not valid YAML: {err}".replace("\n", " ")) from None
+__all__ = ["add_config_arguments", "build_run", "train", "evaluate"]
 
 
 # Replaces setup_seeds of LAVIS's train.py, which the wheel does not ship.
@@ -95,36 +76,6 @@ def _report_results(runner, logs: dict | None, name: str) -> None:
     path.write_text(json.dumps(logs, indent=2, default=float) + "\n")
     logging.info("results written to %s", path)
     print(format_results_table(logs), flush=True)
-
-
-def format_results_table(logs: dict) -> str:
-    """A plain-text table per split: one row per direction (and per protocol, e.g. COCO 1K), one
-    column per metric; other values (``r_mean``, ``agg_metrics``...) listed underneath."""
-    lines = []
-    for split, metrics in logs.items():
-        if not isinstance(metrics, dict):
-            continue
-        rows: dict[str, dict[str, float]] = {}
-        columns: list[str] = []
-        others = []
-        for key, value in metrics.items():
-            match = _ROW.match(key)
-            if match is None or not isinstance(value, (int, float)):
-                others.append(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}")
-                continue
-            label = f"{match['group'] or ''} {_DIRECTION[match['dir']]}".strip()
-            rows.setdefault(label, {})[match["metric"]] = float(value)
-            if match["metric"] not in columns:
-                columns.append(match["metric"])
-        width = max([len(r) for r in rows] + [len(split)])
-        lines.append(f"{split:<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
-        for label, values in rows.items():
-            cells = (f"{values[c]:9.2f}" if c in values else " " * 9 for c in columns)
-            lines.append((f"{label:<{width}}  " + "  ".join(cells)).rstrip())
-        if others:
-            lines.append("  ".join(others))
-        lines.append("")
-    return "\n".join(lines)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ def minilm():
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny COCO-format retrieval dataset of real JPEG files: 16 train, 8 val, 8 test images."""
-    from lavis_listwise.datasets.synthetic import generate_synthetic_dataset
+    from lavis_listwise.demo.synthetic import generate_synthetic_dataset
 
     return generate_synthetic_dataset(
         tmp_path_factory.mktemp("data") / "synthetic", n_train=16, n_val=8, n_test=8, image_size=32, seed=0

@@ -18,7 +18,7 @@ def coco_shaped(tmp_path_factory):
     from eccv_caption import Metrics
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    from lavis_listwise.datasets.synthetic import generate_synthetic_dataset
+    from lavis_listwise.demo.synthetic import generate_synthetic_dataset
     from lavis_listwise.relevance import default_encoder_path
 
     base = tmp_path_factory.mktemp("coco5k")

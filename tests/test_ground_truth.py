@@ -15,7 +15,7 @@ from lavis.common.registry import registry
 from lavis.processors.blip_processors import BlipCaptionProcessor
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.datasets.synthetic import (
+from lavis_listwise.demo.synthetic import (
     caption_relevance,
     caption_scene_with_statements,
     ground_truth_relevance,

@@ -29,7 +29,7 @@ N_TEST = 20
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    from lavis_listwise.datasets.synthetic import generate_synthetic_dataset
+    from lavis_listwise.demo.synthetic import generate_synthetic_dataset
 
     return generate_synthetic_dataset(
         tmp_path_factory.mktemp("rerank") / "data", n_train=4, n_val=4, n_test=N_TEST, image_size=32, seed=3

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lavis_listwise.datasets.synthetic import (
+from lavis_listwise.demo.synthetic import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,
@@ -192,7 +192,7 @@ def test_loads_through_lavis_coco_retrieval_builder(tmp_path):
 
 
 def test_ensure_reuses_repairs_and_replaces_atomically(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="lavis_listwise.datasets.synthetic")
+    caplog.set_level(logging.INFO, logger="lavis_listwise.demo.synthetic")
     root = tmp_path / "ds"
     assert ensure_synthetic_dataset(root, **SMALL) == root.resolve()
     reference = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -293,7 +293,7 @@ def test_captions_and_images_are_those_of_version_1(tmp_path):
 
 
 def test_relevance_files_hold_the_ground_truth_in_lavis_order(tmp_path):
-    from lavis_listwise.datasets.synthetic import caption_relevance
+    from lavis_listwise.demo.synthetic import caption_relevance
 
     root = generate_synthetic_dataset(tmp_path / "ds", **SMALL)
     scenes = json.loads((root / "scenes.json").read_text())

@@ -7,6 +7,8 @@ evaluation split with ground truth, it computes RSC on that split's captions wit
 ``model.listwise.relevance`` (encoder, ``floor``, ``sharpen``), the relevance the evaluation's NDCG
 uses. It prints :func:`~.ground_truth.relevance_agreement`. No model is built. Change the shaping
 with ``--options model.listwise.relevance.floor=0.6`` to compare relevance sources.
+
+:func:`format_results_table` formats the metrics that ``train`` and ``evaluate`` print.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
-__all__ = ["format_agreement", "relevance_report", "run_relevance_report"]
+__all__ = ["format_agreement", "format_results_table", "relevance_report", "run_relevance_report"]
+
+_ROW = re.compile(r"^(?:(?P<group>[a-z0-9]+)_)??(?P<dir>txt|img)_(?P<metric>.+)$")
+_DIRECTION = {"txt": "image->text", "img": "text->image"}
 
 
 def format_agreement(split: str, values: dict) -> str:
@@ -27,6 +33,36 @@ def format_agreement(split: str, values: dict) -> str:
         f"(text->image); NDCG@10 of the relevance as a ranker {values['ndcg10_i2t']:.2f} / "
         f"{values['ndcg10_t2i']:.2f}; gain of other images' captions p10/p50/p90 {gains}"
     )
+
+
+def format_results_table(logs: dict) -> str:
+    """A plain-text table per split: one row per direction (and per protocol, e.g. COCO 1K), one
+    column per metric; other values (``r_mean``, ``agg_metrics``...) listed underneath."""
+    lines = []
+    for split, metrics in logs.items():
+        if not isinstance(metrics, dict):
+            continue
+        rows: dict[str, dict[str, float]] = {}
+        columns: list[str] = []
+        others = []
+        for key, value in metrics.items():
+            match = _ROW.match(key)
+            if match is None or not isinstance(value, (int, float)):
+                others.append(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}")
+                continue
+            label = f"{match['group'] or ''} {_DIRECTION[match['dir']]}".strip()
+            rows.setdefault(label, {})[match["metric"]] = float(value)
+            if match["metric"] not in columns:
+                columns.append(match["metric"])
+        width = max([len(r) for r in rows] + [len(split)])
+        lines.append(f"{split:<{width}}  " + "  ".join(f"{c:>9}" for c in columns))
+        for label, values in rows.items():
+            cells = (f"{values[c]:9.2f}" if c in values else " " * 9 for c in columns)
+            lines.append((f"{label:<{width}}  " + "  ".join(cells)).rstrip())
+        if others:
+            lines.append("  ".join(others))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def relevance_report(cfg_path: str, options: list[str]) -> dict:
@@ -43,8 +79,8 @@ def relevance_report(cfg_path: str, options: list[str]) -> dict:
 
     from ..config import ListwiseConfig
     from ..config_check import check_config
+    from ..config_io import read_yaml_file
     from ..errors import ConfigError
-    from ..train import read_yaml_file
 
     check_config(read_yaml_file(cfg_path), options)
     cfg = Config(argparse.Namespace(cfg_path=cfg_path, options=options))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,6 +75,10 @@ class RetrievalListwiseTask(RetrievalTask):
     (``gt_*``, :mod:`lavis_listwise.evaluation`).
 
     ``run.agg_metric`` picks the metric used for model selection (default ``r_mean``).
+
+    LAVIS's runner keeps only the metrics of :meth:`evaluation`; code that needs the score matrices
+    themselves (the demo draws rankings from them) registers a callback with
+    :meth:`add_score_listener`.
     """
 
     def __init__(self, cfg):
@@ -84,6 +90,13 @@ class RetrievalListwiseTask(RetrievalTask):
         self.eval_settings = EvalSettings.from_run_cfg(cfg)
         self._rankings: dict | None = None
         self._coco_id_cache: dict[int, tuple[list[int], list[int]]] = {}
+        self._score_listeners: list[Callable[[Any, Any, Any], None]] = []
+
+    def add_score_listener(self, listener: Callable[[Any, Any, Any], None]) -> None:
+        """Call ``listener(dataset, score_i2t, score_t2i)`` in every :meth:`evaluation` (each split,
+        each time, on every rank) with the split's dataset and its ``[n_images, n_captions]`` and
+        ``[n_captions, n_images]`` score matrices, before the metrics are computed."""
+        self._score_listeners.append(listener)
 
     def build_datasets(self, cfg):
         datasets = super().build_datasets(cfg)
@@ -240,7 +253,8 @@ class RetrievalListwiseTask(RetrievalTask):
                 progress=is_main_process(),
             )
             (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
-        self.last_scores = (score_i2t, score_t2i)  # kept for inspection (the demo draws rankings)
+        for listener in self._score_listeners:
+            listener(dataset, score_i2t, score_t2i)
         if not is_main_process():
             return None
         result = self._report_metrics(score_i2t, score_t2i, dataset.txt2img, dataset.img2txt)

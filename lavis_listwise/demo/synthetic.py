@@ -159,33 +159,37 @@ def sample_scene(rng: random.Random) -> dict[str, Any]:
     return {"objects": objects, "background": background}
 
 
-def _a(phrase: str) -> str:
+def _with_article(phrase: str) -> str:
+    """``phrase`` after the indefinite article it takes ("a" or "an")."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _np(obj: dict, rng: random.Random, size_p: float = 0.6) -> tuple[str, dict]:
+def _noun_phrase(obj: dict, rng: random.Random, size_p: float = 0.6) -> tuple[str, dict]:
     """A noun phrase for ``obj`` and the attributes it states (colour, shape and maybe size)."""
     stated = {"colour": obj["colour"], "shape": obj["shape"]}
     size = rng.choice(SIZE_WORDS[obj["size"]]) + " " if rng.random() < size_p else ""
     if size:
         stated["size"] = obj["size"]
-    return _a(f"{size}{obj['colour']} {rng.choice(SHAPE_WORDS[obj['shape']])}"), stated
+    return _with_article(f"{size}{obj['colour']} {rng.choice(SHAPE_WORDS[obj['shape']])}"), stated
 
 
-def _pos(obj: dict, rng: random.Random) -> str:
+def _position_phrase(obj: dict, rng: random.Random) -> str:
+    """One of the ways to say where ``obj`` is ("in the top left corner", ...)."""
     return rng.choice(POSITIONS[obj["position"]][1])
 
 
 def _join(parts: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _bg(scene: dict, rng: random.Random) -> tuple[str, dict]:
+def _background_phrase(scene: dict, rng: random.Random) -> tuple[str, dict]:
     """A background phrase and what it states: the colour, and the style unless the adjective is empty."""
     bg = scene["background"]
     adjective = rng.choice(BACKGROUND_STYLES[bg["style"]])
     stated = {"colour": bg["colour"], **({"style": bg["style"]} if adjective else {})}
-    text = rng.choice(("on {} background", "against {} backdrop")).format(_a(f"{adjective}{bg['colour']}"))
+    phrase = rng.choice(("on {} background", "against {} backdrop"))
+    text = phrase.format(_with_article(f"{adjective}{bg['colour']}"))
     return text, stated
 
 
@@ -202,43 +206,46 @@ def _caption(template: int, scene: dict, rng: random.Random) -> tuple[str, dict]
     if template == 0:
         parts, stated = [], []
         for o in objs:
-            phrase, attrs = _np(o, rng)
-            parts.append(f"{phrase} {_pos(o, rng)}")
+            phrase, attrs = _noun_phrase(o, rng)
+            parts.append(f"{phrase} {_position_phrase(o, rng)}")
             stated.append({**attrs, "position": o["position"]})
         return _join(parts), _statements(stated)
     if template == 1 and n == 1:
-        phrase, attrs = _np(one, rng)
-        return f"there is {phrase} {_pos(one, rng)}", _statements([{**attrs, "position": one["position"]}])
+        phrase, attrs = _noun_phrase(one, rng)
+        where = _position_phrase(one, rng)
+        return f"there is {phrase} {where}", _statements([{**attrs, "position": one["position"]}])
     if template == 1:
         noun = rng.choice(("shapes", "objects"))
-        phrases = [_np(o, rng) for o in objs]
+        phrases = [_noun_phrase(o, rng) for o in objs]
         text = f"there are {_COUNT[n]} {noun}: {_join([p for p, _ in phrases])}"
         return text, _statements([a for _, a in phrases], count=n)
     if template == 2:
         # all three variants are drawn, then one is chosen (version 1's order of draws)
-        where = _pos(one, rng)
-        phrase, attrs = _np(one, rng)
+        where = _position_phrase(one, rng)
+        phrase, attrs = _noun_phrase(one, rng)
         first = (f"{where} there is {phrase}", _statements([{**attrs, "position": one["position"]}]))
-        phrase, attrs = _np(one, rng)
-        second = (f"{phrase} sits {_pos(one, rng)}", _statements([{**attrs, "position": one["position"]}]))
+        phrase, attrs = _noun_phrase(one, rng)
+        where = _position_phrase(one, rng)
+        second = (f"{phrase} sits {where}", _statements([{**attrs, "position": one["position"]}]))
         bound = {"colour": one["colour"], "shape": one["shape"], "position": one["position"]}
-        third = (f"the {shape} {_pos(one, rng)} is {one['colour']}", _statements([bound]))
+        third = (f"the {shape} {_position_phrase(one, rng)} is {one['colour']}", _statements([bound]))
         return rng.choice((first, second, third))
     if template == 3:
         intro = rng.choice(("a picture of", "an image showing", "a drawing of", "a simple scene with"))
-        phrases = [_np(o, rng, 0.3) for o in objs]
+        phrases = [_noun_phrase(o, rng, 0.3) for o in objs]
         return f"{intro} {_join([p for p, _ in phrases])}", _statements([a for _, a in phrases])
     if template == 4:
-        phrases = [_np(o, rng, 0.4) for o in objs]
-        background, bg_stated = _bg(scene, rng)
+        phrases = [_noun_phrase(o, rng, 0.4) for o in objs]
+        background, bg_stated = _background_phrase(scene, rng)
         return f"{_join([p for p, _ in phrases])} {background}", _statements(
             [a for _, a in phrases], bg_stated
         )
     if n == 1:
         bound = {"colour": one["colour"], "shape": one["shape"], "position": one["position"]}
-        return f"just one {shape}, coloured {one['colour']}, {_pos(one, rng)}", _statements([bound], count=1)
-    phrases = [_np(o, rng, 0.0) for o in objs]
-    background, bg_stated = _bg(scene, rng)
+        where = _position_phrase(one, rng)
+        return f"just one {shape}, coloured {one['colour']}, {where}", _statements([bound], count=1)
+    phrases = [_noun_phrase(o, rng, 0.0) for o in objs]
+    background, bg_stated = _background_phrase(scene, rng)
     text = f"{_COUNT[n]} shapes, {_join([p for p, _ in phrases])}, {background}"
     return text, _statements([a for _, a in phrases], bg_stated, count=n)
 

@@ -8,7 +8,7 @@ term, then both are evaluated on the test split. Output: a table on stdout, ``re
 and training relevance).
 
 The generator knows every scene, so it writes each split's ground-truth relevance (the share of a
-caption's statements that hold in an image, :mod:`lavis_listwise.datasets.synthetic`); the demo
+caption's statements that hold in an image, :mod:`lavis_listwise.demo.synthetic`); the demo
 passes the val and test files as ``run.gt_relevance``, so the table has the ``gt_*`` metrics
 (NDCG@K, mAP@R, R-Precision against the ground truth) next to the recalls and the RSC NDCG, and
 ``results.json`` has ``relevance_agreement``: how well the training relevance matches the ground
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .evaluation.report import format_agreement
-from .resources import config_path
+from ..evaluation.report import format_agreement
+from ..resources import config_path
 
 __all__ = ["run_demo", "METRICS"]
 
@@ -47,7 +47,7 @@ GT_SPLITS = ("val", "test")
 
 
 def _data_options(root: Path) -> list[str]:
-    from .datasets.synthetic import relevance_file
+    from .synthetic import relevance_file
 
     opts = [f"{DATASET}.images.storage={root}"]
     opts += [
@@ -59,12 +59,19 @@ def _data_options(root: Path) -> list[str]:
 
 def _train_one(cfg_path: str, options: list[str], job_id: str) -> dict:
     """One LAVIS run; returns test metrics, the test score matrices and what the picture needs."""
-    from .train import build_run
+    from ..train import build_run
 
     runner = build_run(argparse.Namespace(cfg_path=cfg_path, options=options, job_id=job_id), quiet=True)
-    logs = runner.train()
     task = runner.task
-    score_i2t, score_t2i = task.last_scores
+    test_scores = []  # text->image scores of the test split, from the task's evaluation
+
+    def keep_test_scores(dataset, score_i2t, score_t2i) -> None:
+        if dataset is runner.datasets["test"]:
+            test_scores.append(score_t2i)
+
+    task.add_score_listener(keep_test_scores)
+    logs = runner.train()
+    score_t2i = test_scores[-1]  # the runner's last evaluation: the test split, after training
     relevance_cfg = runner.unwrap_dist_model(runner.model).listwise_cfg.relevance
     return {
         "metrics": {k: float(logs["test"][k]) for k in METRICS},
@@ -151,7 +158,7 @@ def seed_comparison(per_seed: dict) -> dict:
     Returns:
         ``{metric: PairedDifference}`` (:func:`lavis_listwise.stats.paired_difference`).
     """
-    from .stats import paired_difference
+    from ..stats import paired_difference
 
     seeds = list(per_seed)
     return {
@@ -182,9 +189,9 @@ def run_demo(
     extra_options: list[str] | None = None,
 ) -> dict:
     """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
-    from .config import default_cache_dir
-    from .datasets.synthetic import ensure_synthetic_dataset
-    from .train import read_yaml_file
+    from ..config import default_cache_dir
+    from ..config_io import read_yaml_file
+    from .synthetic import ensure_synthetic_dataset
 
     start = time.time()
     cfg_path = cfg_path or config_path(f"projects/demo/{'demo_quick' if quick else 'demo'}.yaml")
