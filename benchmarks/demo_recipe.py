@@ -29,13 +29,31 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from lavis_listwise.config import default_cache_dir  # noqa: E402
-from lavis_listwise.datasets.synthetic import ensure_synthetic_dataset  # noqa: E402
+from lavis_listwise.config_io import read_yaml_file  # noqa: E402
 from lavis_listwise.demo import DATASET  # noqa: E402
+from lavis_listwise.demo.synthetic import ensure_synthetic_dataset  # noqa: E402
 from lavis_listwise.evaluation.features import encode_retrieval_features  # noqa: E402
 from lavis_listwise.metrics import lavis_recalls  # noqa: E402
-from lavis_listwise.train import build_run, read_yaml_file  # noqa: E402
+from lavis_listwise.train import build_run  # noqa: E402
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "projects" / "demo" / "demo.yaml"
+
+
+def build_validation_run(cfg_path: str, options: list[str]) -> tuple[object, Path]:
+    """The LAVIS runner of ``cfg_path`` on the demo's generated data, with the test split never read,
+    and the data's root directory (``scenes.json``, ``images/``, ``annotations/``)."""
+    data = dict(read_yaml_file(cfg_path).demo.data)
+    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    root = ensure_synthetic_dataset(default_cache_dir() / "demo" / f"synthetic-{tag}", **data)
+    paths = [f"{DATASET}.images.storage={root}"]
+    paths += [f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val")]
+    # LAVIS's builder reads every annotation entry: the test entry points at val, so test is never read
+    paths += [f"{DATASET}.annotations.test.storage={root}/annotations/val.json"]
+    paths += ["run.test_splits=[]", "run.valid_splits=[val]", "run.output_dir=output/demo_recipe"]
+    runner = build_run(
+        argparse.Namespace(cfg_path=cfg_path, options=paths + list(options), job_id="recipe"), quiet=True
+    )
+    return runner, Path(root)
 
 
 def itc_val_metrics(model, loader) -> dict[str, float]:
@@ -70,19 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(int(os.environ.get("LAVIS_LISTWISE_THREADS", torch.get_num_threads())))
-    spec = read_yaml_file(args.cfg_path).demo
-    data = dict(spec.data)
-    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-    root = ensure_synthetic_dataset(default_cache_dir() / "demo" / f"synthetic-{tag}", **data)
-    options = [f"{DATASET}.images.storage={root}"]
-    options += [f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val")]
-    # LAVIS's builder reads every annotation entry: the test entry points at val, so test is never read
-    options += [f"{DATASET}.annotations.test.storage={root}/annotations/val.json"]
-    options += ["run.test_splits=[]", "run.valid_splits=[val]", f"model.listwise.weight={args.weight}"]
-    options += ["run.output_dir=output/demo_recipe"] + list(args.options)
-    runner = build_run(
-        argparse.Namespace(cfg_path=args.cfg_path, options=options, job_id="recipe"), quiet=True
-    )
+    runner, _ = build_validation_run(args.cfg_path, [f"model.listwise.weight={args.weight}", *args.options])
     model, task = runner.model, runner.task
     loader = runner.train_loader
     per_epoch = len(runner.dataloaders["train"]) if hasattr(runner.dataloaders["train"], "__len__") else None

