@@ -169,6 +169,44 @@ def seed_comparison(per_seed: dict) -> dict:
     }
 
 
+def top5_concentration(score_t2i: dict) -> dict:
+    """How query-specific each model's text->image top-5 lists are (:func:`~lavis_listwise.stats.
+    retrieval_concentration`): a model that returns the same few images for every query holds most
+    top-5 slots with a few images and never retrieves most of the others.
+
+    Args:
+        score_t2i: ``{seed: {model name: [n_captions, n_images] scores}}``.
+    Returns:
+        ``{"per_seed": {seed: {name: {top10_share, never_retrieved, popularity_share}}},
+        "mean": {name: {...}}}`` (the mean over seeds).
+    """
+    from ..stats import retrieval_concentration
+
+    per_seed = {
+        str(s): {n: retrieval_concentration(scores, k=5) for n, scores in models.items()}
+        for s, models in score_t2i.items()
+    }
+    names = list(next(iter(per_seed.values())))
+    keys = list(next(iter(next(iter(per_seed.values())).values())))
+    mean = {n: {k: statistics.fmean(per_seed[s][n][k] for s in per_seed) for k in keys} for n in names}
+    return {"per_seed": per_seed, "mean": mean}
+
+
+def format_concentration(concentration: dict, n_images: int) -> str:
+    """The demo's printed concentration lines (the mean over seeds)."""
+    lines = [
+        f"\n[demo] text->image top-5 concentration on test ({100 * 10 / n_images:.0f}% and 0% if every one "
+        f"of the {n_images} images were retrieved equally often; a model returning the same few images "
+        "for every query gives the 10 most retrieved most of the slots)"
+    ]
+    for name, c in concentration["mean"].items():
+        lines.append(
+            f"{name:<10} top-10 images hold {100 * c['top10_share']:5.1f}% of top-5 slots, "
+            f"{100 * c['never_retrieved']:5.1f}% of images never retrieved"
+        )
+    return "\n".join(lines)
+
+
 def _table(rows: dict[str, dict[str, float]]) -> str:
     names = list(rows)
     width = max(len(k) for k in ["metric", *METRICS]) + 2
@@ -239,6 +277,8 @@ def run_demo(
             "(the evaluation's relevance) on the evaluation splits"
         )
 
+    concentration = top5_concentration({s: {n: runs[s][n]["score_t2i"] for n in names} for s in seeds})
+
     elapsed = time.time() - start
     result = {
         "config": str(cfg_path),
@@ -250,6 +290,7 @@ def run_demo(
         "difference_std": std,
         "paired_tests": {k: p.as_dict() for k, p in paired.items()},
         "relevance_agreement": agreement,
+        "concentration": concentration,
         "picture": str(png),
         "elapsed_s": round(elapsed, 1),
     }
@@ -269,6 +310,7 @@ def run_demo(
                 f"{k:<20} {p.mean:+8.2f} +- {p.std:5.2f}   p = {p.p_value:.3f}" for k, p in paired.items()
             )
         )
+    print(format_concentration(concentration, len(dataset.image)))
     print(f"\n[demo] results: {output_dir / 'results.json'}\n[demo] picture: {png}")
     print(f"[demo] elapsed: {elapsed:.0f} s")
     logging.getLogger(__name__).info("demo finished in %.0f s", elapsed)
