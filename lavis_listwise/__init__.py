@@ -1,9 +1,10 @@
 """lavis-listwise: listwise ranking (RSC + Smooth-NDCG) for LAVIS image-text retrieval.
 
-Importing the package registers, once, in LAVIS's registry: models ``blip_retrieval_listwise`` and
-``albef_retrieval_listwise``, task ``retrieval_listwise``, runner ``runner_listwise``, builders
-``coco_retrieval_listwise``, ``flickr30k_listwise``, ``retrieval_listwise_json``; and the losses
-``smooth_ndcg`` and ``triplet`` in the plugin's loss registry.
+Importing the package registers, once, in LAVIS's registry: models ``blip_retrieval_listwise``,
+``albef_retrieval_listwise``, ``blip2_retrieval_listwise`` and ``clip_retrieval_listwise``, task
+``retrieval_listwise``, runner ``runner_listwise``, builders ``coco_retrieval_listwise``,
+``flickr30k_listwise``, ``retrieval_listwise_json``; and the losses ``smooth_ndcg`` and ``triplet``
+in the plugin's loss registry.
 """
 
 __version__ = "0.1.0"

@@ -16,6 +16,32 @@ def minilm():
     return SentenceEncoder()
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def lavis_output_dir(tmp_path):
+    """LAVIS's registry path ``output_dir`` pointed at ``tmp_path`` (LAVIS's _report_metrics appends to
+    output_dir/evaluate.txt), restored afterwards."""
+    from lavis.common.registry import registry
+
+    saved = registry.mapping["paths"].get("output_dir")
+    registry.mapping["paths"]["output_dir"] = str(tmp_path)
+    yield tmp_path
+    if saved is None:
+        registry.mapping["paths"].pop("output_dir")
+    else:
+        registry.mapping["paths"]["output_dir"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A tiny COCO-format retrieval dataset of real JPEG files: 16 train, 8 val, 8 test images."""

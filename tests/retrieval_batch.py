@@ -24,3 +24,24 @@ def retrieval_batch(n_images: int = 4, per_image: int = 2, seed: int = 0, image_
         "iters": 1,
         "num_iters_per_epoch": 10,
     }
+
+
+def tiny_model_cfg(cls, **listwise):
+    """The ``model:`` section of ``cls``'s ``tiny`` default YAML with ``model.listwise`` overrides."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
+    cfg.listwise.update(listwise)
+    return cfg
+
+
+def tiny_model(cls, seed: int = 0, **listwise):
+    """``cls``'s tiny model built from its default YAML after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return cls.from_config(tiny_model_cfg(cls, **listwise))
+
+
+def caption_table(n: int = 20, seed: int = 0) -> torch.Tensor:
+    """``[n, 384]`` random unit caption embeddings (a stand-in RSC caption table of MiniLM's width)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, 384, generator=g), dim=-1)

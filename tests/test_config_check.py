@@ -81,7 +81,16 @@ def test_model_keys_follow_from_config_into_lavis():
         assert key in blip.keys, key
     assert {"use_distill", "temp"} <= albef.keys and "negative_all_rank" not in albef.keys
     assert "use_distill" not in blip.keys and "queue_sise" not in blip.keys
-    assert plugin_archs() == ["albef_retrieval_listwise", "blip_retrieval_listwise"]
+    assert plugin_archs() == [
+        "albef_retrieval_listwise",
+        "blip2_retrieval_listwise",
+        "blip_retrieval_listwise",
+        "clip_retrieval_listwise",
+    ]
+    clip = model_keys("clip_retrieval_listwise")
+    assert clip.unresolved == ()
+    assert {"model_config", "pretrained", "precision", "max_logit_scale", "listwise"} <= clip.keys
+    assert "vit_type" not in clip.keys and "med_config_path" not in clip.keys
 
 
 class _ArchWithOwnKey(BlipRetrieval):

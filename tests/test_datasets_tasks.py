@@ -82,6 +82,7 @@ def test_reloading_plugin_modules_never_raises():
     for name in (
         "lavis_listwise.models.blip_retrieval_listwise",
         "lavis_listwise.models.albef_retrieval_listwise",
+        "lavis_listwise.models.clip_retrieval_listwise",
         "lavis_listwise.tasks.retrieval_listwise",
         "lavis_listwise.runners.runner_listwise",
         "lavis_listwise.datasets.retrieval_listwise",

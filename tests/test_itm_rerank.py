@@ -51,18 +51,6 @@ def _model(arch, seed=0):
     return cls.from_config(OmegaConf.load(cls.default_config_path("tiny")).model).eval()
 
 
-@pytest.fixture
-def lavis_output_dir(tmp_path):
-    """LAVIS's _report_metrics appends to output_dir/evaluate.txt."""
-    saved = registry.mapping["paths"].get("output_dir")
-    registry.mapping["paths"]["output_dir"] = str(tmp_path)
-    yield tmp_path
-    if saved is None:
-        registry.mapping["paths"].pop("output_dir")
-    else:
-        registry.mapping["paths"]["output_dir"] = saved
-
-
 def _lavis(model, loader, k):
     with torch.no_grad():
         return compute_sim_matrix(model, loader, k_test=k)

@@ -1,7 +1,9 @@
 """Evaluation beyond LAVIS's recalls, and a faster re-ranking to compute them.
 
 * :mod:`.features`, :mod:`.packed_encoder`, :mod:`.rerank`: the fast ITC + ITM re-ranking
-  (``run.itm_eval: fast``), LAVIS's ``compute_sim_matrix`` scores with far less ITM work;
+  (``run.itm_eval: fast``), LAVIS's ``compute_sim_matrix`` scores with far less ITM work; for models
+  without an ITM head (CLIP) the ITC similarity alone (``compute_sim_matrix_itc``); BLIP-2 is scored
+  by LAVIS's own ``compute_sim_matrix`` (``scores_with_lavis_sim_matrix``);
 * protocols: :mod:`.coco_1k` (COCO 1K folds), :mod:`.coco_ids` + :mod:`.eccv_cxc` (ECCV Caption and
   CxC through the ``eccv-caption`` package);
 * metrics: :mod:`.graded` (NDCG against RSC), :mod:`.ground_truth` (graded ground truth and the
@@ -12,6 +14,7 @@
 from .coco_1k import COCO_1K_FOLDS, COCO_1K_IMAGES, coco_1k_folds, coco_1k_metrics, is_coco_karpathy_test
 from .coco_ids import coco_ids_from_annotation, coco_image_ids
 from .eccv_cxc import ECCV_CAPTION_METRIC_KEYS, coco_karpathy_test_image_ids, eccv_caption_metrics
+from .features import compute_sim_matrix_itc, reranks_with_itm, scores_with_lavis_sim_matrix
 from .graded import NDCG_KS, annotated_pairs, rsc_ndcg_metrics, split_rsc_relevance
 from .ground_truth import (
     GT_NDCG_KS,
@@ -43,6 +46,7 @@ __all__ = [
     "coco_image_ids",
     "coco_karpathy_test_image_ids",
     "compute_sim_matrix_fast",
+    "compute_sim_matrix_itc",
     "eccv_caption_metrics",
     "ground_truth_metrics",
     "gt_relevance_paths",
@@ -51,7 +55,9 @@ __all__ = [
     "positive_threshold",
     "ranking_report",
     "relevance_agreement",
+    "reranks_with_itm",
     "rsc_ndcg_metrics",
+    "scores_with_lavis_sim_matrix",
     "split_rsc_relevance",
     "write_rankings",
 ]

@@ -1,4 +1,5 @@
-"""Image and text features of an evaluation split for the fast ITM re-ranking (:mod:`.rerank`).
+"""Image and text features of an evaluation split for the fast ITM re-ranking (:mod:`.rerank`), and
+the ITC-only scores of dual encoders without an ITM head (CLIP, :func:`compute_sim_matrix_itc`).
 
 The ITC pass of LAVIS's ``compute_sim_matrix`` (``lavis/models/albef_models/__init__.py``): every
 caption through the text encoder (padded to LAVIS's 35 tokens, so the candidates are LAVIS's), every
@@ -9,9 +10,12 @@ image through the visual encoder, the cosine similarity of all pairs; plus what 
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,9 +28,13 @@ __all__ = [
     "LAVIS_EVAL_MAX_TXT_LEN",
     "RetrievalFeatures",
     "amp_dtype",
+    "compute_sim_matrix_itc",
+    "encode_itc_similarity",
     "encode_retrieval_features",
     "eval_autocast",
     "first_cross_layer",
+    "reranks_with_itm",
+    "scores_with_lavis_sim_matrix",
 ]
 
 #: LAVIS's compute_sim_matrix tokenizes evaluation captions to this length (hard-coded there).
@@ -204,6 +212,88 @@ def encode_retrieval_features(
         text_states=states,
         first_fusion_layer=first_fusion,
     )
+
+
+def reranks_with_itm(model) -> bool:
+    """Whether ``model`` has an ITM head to re-rank ITC candidates with (BLIP, ALBEF: ``itm_head``).
+    Dual encoders (LAVIS's CLIP) do not: their ITC similarity is the retrieval score."""
+    return hasattr(model, "itm_head")
+
+
+def scores_with_lavis_sim_matrix(model) -> bool:
+    """Whether ``model`` is scored by its own LAVIS ``compute_sim_matrix``, which the fast path cannot
+    reproduce: BLIP-2's Q-Former (``Blip2Qformer`` and ``blip2_retrieval_listwise``), whose ITC is the
+    maximum over query tokens and whose ITM runs the query tokens through the Q-Former, not a text
+    encoder cross-attending to image tokens."""
+    from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
+
+    return isinstance(model, Blip2Qformer)
+
+
+@torch.no_grad()
+def encode_itc_similarity(model, data_loader, amp: bool = False) -> Tensor:
+    """``[n_img, n_txt]`` cosine similarity of a split through LAVIS's CLIP API, split across ranks.
+
+    What LAVIS's ``CLIP.compute_sim_matrix`` computes (``tokenizer`` -> ``encode_text``, and
+    ``encode_image``, each L2-normalised), except that under ``torch.distributed`` every rank encodes
+    only its share of captions and images (from its own loader, so a distributed sampler on
+    ``data_loader`` can neither drop nor repeat images) and the features are gathered.
+
+    Args:
+        model: has ``tokenizer(list[str]) -> [n, L]`` ids, ``encode_text([n, L]) -> [n, E]``,
+            ``encode_image([b, 3, H, W]) -> [b, E]`` and ``text_projection`` ``[W, E]``.
+        data_loader: the evaluation loader; its dataset has ``text``, ``image`` and ``__getitem__``
+            returning ``{"image": ...}``.
+        amp: autocast (bf16 where supported, else fp16) on CUDA.
+
+    Returns: float32 similarity on the model's device, the same on every rank.
+    """
+    device = model.device
+    rank, world = rank_and_world()
+    dataset = data_loader.dataset
+    texts, n_img = list(dataset.text), len(dataset.image)
+    embed_dim = model.text_projection.shape[-1]
+    t0, t1 = shard_range(len(texts), rank, world)
+    text_embeds, image_embeds = [], []
+    with eval_autocast(device, amp):
+        for s in range(t0, t1, _TEXT_BATCH):
+            ids = model.tokenizer(texts[s : min(t1, s + _TEXT_BATCH)]).to(device)
+            text_embeds.append(F.normalize(model.encode_text(ids).float(), dim=-1))
+        i0, i1 = shard_range(n_img, rank, world)
+        for samples in _image_loader(data_loader, i0, i1):
+            image = samples["image"].to(device, non_blocking=True)
+            image_embeds.append(F.normalize(model.encode_image(image).float(), dim=-1))
+    text_all = gather_shards(_cat_or_empty(text_embeds, (0, embed_dim), device), len(texts))
+    image_all = gather_shards(_cat_or_empty(image_embeds, (0, embed_dim), device), n_img)
+    return image_all @ text_all.t()
+
+
+def compute_sim_matrix_itc(
+    model, data_loader, views=None, amp: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]] | tuple[np.ndarray, np.ndarray]:
+    """The scores of a model without ITM re-ranking: its ITC similarity (:func:`encode_itc_similarity`).
+
+    Same return convention as :func:`~lavis_listwise.evaluation.compute_sim_matrix_fast`: with
+    ``views=None`` ``(score_i2t [n_img, n_txt], score_t2i [n_txt, n_img])`` float32 numpy arrays of
+    the whole split; otherwise one such pair per view (a :class:`~.rerank.RerankView`, e.g. a COCO 1K
+    fold), the view's rows and columns of the one similarity matrix (nothing is re-ranked, so a
+    fold's scores are those of the whole split).
+    """
+    start = time.time()
+    was_training = model.training
+    model.eval()
+    try:
+        sims = encode_itc_similarity(model, data_loader, amp=amp).cpu()
+    finally:
+        model.train(was_training)
+    logging.info("Evaluation (ITC only, no ITM re-ranking) took %.1f s", time.time() - start)
+    if views is None:
+        return sims.numpy(), sims.t().contiguous().numpy()
+    out = []
+    for view in views:
+        sub = sims.index_select(0, view.image_index.cpu()).index_select(1, view.text_index.cpu())
+        out.append((sub.numpy(), sub.t().contiguous().numpy()))
+    return out
 
 
 def _cat_or_empty(parts: list[Tensor], empty_shape: tuple, device) -> Tensor:

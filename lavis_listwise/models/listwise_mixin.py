@@ -1,4 +1,5 @@
-"""What the listwise BLIP and ALBEF retrieval models share: the listwise term on top of LAVIS's loss."""
+"""What the listwise BLIP, BLIP-2, ALBEF and CLIP retrieval models share: the listwise term on top of
+their loss."""
 
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ class ListwiseRetrievalMixin:
         """Bidirectional listwise loss of the global batch.
 
         Args:
-            image_feat: ``[B, E]`` normalised ITC image features of this rank (with gradient).
+            image_feat: ``[B, E]`` normalised ITC image features of this rank (with gradient); any
+                ``[B, ...]`` shape that :meth:`listwise_similarity` takes (BLIP-2: ``[B, Q, E]``).
             text_feat: ``[B, E]`` normalised ITC text features of this rank (with gradient).
             samples: the batch; needs ``image_id`` and :data:`RSC_SAMPLE_KEYS`.
         """
@@ -155,24 +157,47 @@ class ListwiseRetrievalMixin:
             gather_no_grad(samples["image_caption_index"].to(image_feat.device)),
             gather_no_grad(samples["image_id"].to(image_feat.device)),
         ).to(image_all.device)
-        sim = image_all @ text_all.t()
+        sim = self.listwise_similarity(image_all, text_all)
         # the loss's arguments were checked when it was built; per step, the task checks only that
         # the final loss is finite (one host sync for all logged terms)
         loss_fn = getattr(self.listwise_loss, "unchecked", self.listwise_loss)
         return bidirectional_listwise_loss(loss_fn, sim, relevance, self.listwise_cfg.reference_compat)
 
-    def forward(self, samples: dict):
-        output = super().forward(samples)
+    def listwise_similarity(self, image_all: Tensor, text_all: Tensor) -> Tensor:
+        """Hook: the ``[N, N]`` similarity the listwise term ranks by, of image ``a`` and caption ``b``
+        of the global batch, from the gathered :meth:`listwise_features` (with gradient).
+
+        BLIP/ALBEF/CLIP: the cosine similarity of ``[N, E]`` image and ``[N, E]`` text features. A
+        model whose ITC similarity is not one dot product (BLIP-2: the maximum over its query tokens)
+        overrides this.
+        """
+        return image_all @ text_all.t()
+
+    def listwise_features(self, output) -> tuple[Tensor, Tensor]:
+        """Hook: the grad-carrying normalised ITC features ``([B, E] image, [B, E] text)`` of this rank,
+        from the model's ``forward`` output.
+
+        BLIP/ALBEF: the same expressions as their stock ``forward``'s ITC features, which it does not
+        return. A model whose output carries them (CLIP) overrides this.
+        """
+        inter = output.intermediate_output
+        image_feat = F.normalize(self.vision_proj(inter.image_embeds[:, 0, :]), dim=-1)
+        text_feat = F.normalize(self.text_proj(inter.text_embeds[:, 0, :]), dim=-1)
+        return image_feat, text_feat
+
+    def add_listwise_term(self, output, samples: dict):
+        """``output`` (the model's pairwise losses) with ``loss_listwise`` added and ``loss`` combined
+        as ``model.listwise`` says; ``weight: 0`` leaves ``loss`` untouched."""
         cfg = self.listwise_cfg
         if cfg.weight == 0:
             # The stock model, untouched: same losses bit for bit.
             output["loss_listwise"] = torch.zeros((), device=output.loss.device)
             return output
-        inter = output.intermediate_output
-        # Same expressions as the stock forward's ITC features; the stock forward does not return them.
-        image_feat = F.normalize(self.vision_proj(inter.image_embeds[:, 0, :]), dim=-1)
-        text_feat = F.normalize(self.text_proj(inter.text_embeds[:, 0, :]), dim=-1)
+        image_feat, text_feat = self.listwise_features(output)
         loss_listwise = self.listwise_term(image_feat, text_feat, samples)
         output["loss"] = cfg.combined_loss(output.loss, loss_listwise)
         output["loss_listwise"] = loss_listwise
         return output
+
+    def forward(self, samples: dict):
+        return self.add_listwise_term(super().forward(samples), samples)

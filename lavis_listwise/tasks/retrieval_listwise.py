@@ -30,6 +30,7 @@ from ..evaluation import (
     coco_1k_metrics,
     coco_ids_from_annotation,
     compute_sim_matrix_fast,
+    compute_sim_matrix_itc,
     eccv_caption_metrics,
     ground_truth_metrics,
     gt_relevance_paths,
@@ -38,7 +39,9 @@ from ..evaluation import (
     positive_threshold,
     ranking_report,
     relevance_agreement,
+    reranks_with_itm,
     rsc_ndcg_metrics,
+    scores_with_lavis_sim_matrix,
     split_rsc_relevance,
     write_rankings,
 )
@@ -237,21 +240,29 @@ class RetrievalListwiseTask(RetrievalTask):
         # Map captions to COCO ids before the expensive pass, so a missing file fails at once.
         coco_ids = self._coco_ids(dataset) if use_eccv else None
         folds = coco_1k_folds(dataset) if use_1k else []
-        if settings.itm_eval == "stock":
+        if settings.itm_eval == "stock" or scores_with_lavis_sim_matrix(model):
+            # BLIP-2: the fast path does not reproduce its Q-Former scores, LAVIS's own function runs
+            if folds:
+                name = type(model).__name__
+                logging.info("COCO 1K folds skipped: %s is scored by LAVIS's compute_sim_matrix", name)
             score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
             fold_scores = []
         else:
             whole = RerankView(torch.arange(n_img), torch.arange(n_txt))
-            scores = compute_sim_matrix_fast(
-                model,
-                data_loader,
-                k_test,
-                views=[whole, *folds],
-                max_pairs=settings.itm_eval_pairs,
-                amp=bool(self.cfg.get("amp", False)),
-                feature_device=settings.eval_feature_device,
-                progress=is_main_process(),
-            )
+            amp = bool(self.cfg.get("amp", False))
+            if reranks_with_itm(model):
+                scores = compute_sim_matrix_fast(
+                    model,
+                    data_loader,
+                    k_test,
+                    views=[whole, *folds],
+                    max_pairs=settings.itm_eval_pairs,
+                    amp=amp,
+                    feature_device=settings.eval_feature_device,
+                    progress=is_main_process(),
+                )
+            else:  # a dual encoder (CLIP): its ITC similarity is the score, nothing to re-rank
+                scores = compute_sim_matrix_itc(model, data_loader, views=[whole, *folds], amp=amp)
             (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
         for listener in self._score_listeners:
             listener(dataset, score_i2t, score_t2i)
