@@ -4,6 +4,12 @@ One step = forward, backward and AdamW update. Both models hold the same weights
 LAVIS's own ``BlipRetrieval``/``AlbefRetrieval``, built offline by ``stock_twin``); steps alternate
 between them after warm-up, and the median of each is reported with their ratio.
 
+CLIP and BLIP-2 (``clip_retrieval_listwise``, ``blip2_retrieval_listwise``) have no LAVIS training
+step to compare with (LAVIS's CLIP loss has batch-position targets, ``Blip2Qformer.forward`` needs a
+process group), so their baseline is the same model with ``model.listwise.weight: 0``: for BLIP-2
+that is ``Blip2Qformer.forward``'s losses bit for bit (tests/test_blip2_retrieval.py). They run at
+their ``tiny`` size (``--config`` and ``--image-size`` apply to BLIP and ALBEF only).
+
     python benchmarks/bench_train_step.py                                  # CPU, small config
     python benchmarks/bench_train_step.py --config base --device cuda --batch 32 --image-size 384
 """
@@ -46,6 +52,30 @@ def build(arch: str, config: str, image_size: int, batch: int):
         )
     torch.manual_seed(0)
     return cls.from_config(cfg)
+
+
+#: Archs timed against themselves at ``weight: 0`` (no stock LAVIS training step), at their tiny size.
+SELF_BASELINE_ARCHS = ("clip_retrieval_listwise", "blip2_retrieval_listwise")
+
+
+def build_tiny_with_pairwise_twin(arch: str):
+    """``arch``'s tiny model at ``weight: 1``, a copy of it at ``weight: 0``, and its image size."""
+    import copy
+    import dataclasses
+
+    from lavis.common.registry import registry
+
+    import lavis_listwise  # noqa: F401
+
+    cls = registry.get_model_class(arch)
+    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
+    cfg.listwise.weight = 1.0
+    torch.manual_seed(0)
+    model = cls.from_config(cfg)
+    pairwise = copy.deepcopy(model)
+    pairwise.listwise_cfg = dataclasses.replace(model.listwise_cfg, weight=0.0)
+    image_size = cfg.model_config.vision_cfg.image_size if "model_config" in cfg else cfg.image_size
+    return model, pairwise, int(image_size)
 
 
 def make_batch(batch: int, image_size: int, device: str) -> dict:
@@ -103,12 +133,20 @@ def main() -> None:
     print(f"config {args.config}, batch {args.batch}, {args.image_size} px, median of {args.steps} steps")
     print("| model | stock step ms | listwise step ms | ratio |")
     print("|---|---|---|---|")
-    for arch in ("blip_retrieval_listwise", "albef_retrieval_listwise"):
-        model = build(arch, args.config, args.image_size, args.batch).to(args.device).train()
+    for arch in ("blip_retrieval_listwise", "albef_retrieval_listwise", *SELF_BASELINE_ARCHS):
         g = torch.Generator().manual_seed(1)
-        model.set_caption_embeddings(F.normalize(torch.randn(args.batch * 5, 384, generator=g), dim=-1))
-        stock = stock_twin(model).train()
-        samples = make_batch(args.batch, args.image_size, args.device)
+        table = F.normalize(torch.randn(args.batch * 5, 384, generator=g), dim=-1)
+        if arch in SELF_BASELINE_ARCHS:
+            model, stock, image_size = build_tiny_with_pairwise_twin(arch)
+            model, stock = model.to(args.device).train(), stock.to(args.device).train()
+            model.set_caption_embeddings(table)
+            arch = f"{arch} (tiny; baseline: weight 0)"
+        else:
+            model = build(arch, args.config, args.image_size, args.batch).to(args.device).train()
+            model.set_caption_embeddings(table)
+            stock = stock_twin(model).train()
+            image_size = args.image_size
+        samples = make_batch(args.batch, image_size, args.device)
         for m in (stock, model):
             time_steps(m, samples, 2, args.device)
         stock_t, ours_t = [], []
