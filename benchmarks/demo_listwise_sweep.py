@@ -16,7 +16,6 @@ the seeds, and each setting's paired difference from ``pairwise`` (mean +- std o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -27,9 +26,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lavis_listwise.config import default_cache_dir  # noqa: E402
 from lavis_listwise.config_io import read_yaml_file  # noqa: E402
-from lavis_listwise.demo import DATASET  # noqa: E402
+from lavis_listwise.demo import demo_data_root, validation_data_options  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
 from lavis_listwise.train import build_run  # noqa: E402
 
@@ -54,15 +52,6 @@ SETTINGS: dict[str, list[str]] = {
 }
 
 
-def validation_options(root: Path, output_dir: Path) -> list[str]:
-    """Dataset paths of the demo's data with the val split in the place of test (test never read)."""
-    opts = [f"{DATASET}.images.storage={root}"]
-    opts += [f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val")]
-    opts += [f"{DATASET}.annotations.test.storage={root}/annotations/val.json"]
-    opts += [f"run.gt_relevance.{s}={relevance_file(root, 'val')}" for s in ("val", "test")]
-    return opts + [f"run.output_dir={output_dir}"]
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,22 +74,22 @@ def main(argv: list[str] | None = None) -> dict:
         settings = {"pairwise": SETTINGS["pairwise"], **settings}
 
     data = dict(read_yaml_file(args.cfg_path).demo.data)
-    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(ensure_synthetic_dataset(default_cache_dir() / "demo" / f"synthetic-{tag}", **data))
+    root = Path(ensure_synthetic_dataset(demo_data_root(data), **data))
     subs = {"train_gt": str(relevance_file(root, "train"))}
 
     runs: dict[str, dict[int, dict[str, float]]] = {name: {} for name in settings}
     for seed in args.seeds:
         for name, overrides in settings.items():
             out = Path(args.output_dir).resolve() / f"seed{seed}-{name}"
-            opts = (
-                validation_options(root, out) + [o.format(**subs) for o in overrides] + [f"run.seed={seed}"]
-            )
+            opts = validation_data_options(root) + [f"run.output_dir={out}", f"run.seed={seed}"]
+            # the run's "test" split is val (validation_data_options): its ground truth is val's too
+            opts += [f"run.gt_relevance.{s}={relevance_file(root, 'val')}" for s in ("val", "test")]
+            opts += [o.format(**subs) for o in overrides]
             t0 = time.time()
             runner = build_run(
                 argparse.Namespace(cfg_path=args.cfg_path, options=opts, job_id=name), quiet=True
             )
-            logs = runner.train()  # "test" here is the validation split, see validation_options
+            logs = runner.train()  # "test" here is the validation split (validation_data_options)
             runs[name][seed] = {k: float(logs["test"][k]) for k in REPORTED}
             row = {"seed": seed, "setting": name, "wall_s": round(time.time() - t0), **runs[name][seed]}
             print(json.dumps(row), flush=True)

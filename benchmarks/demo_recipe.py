@@ -16,7 +16,6 @@ so nothing here can be tuned on it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -28,9 +27,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from lavis_listwise.config import default_cache_dir  # noqa: E402
 from lavis_listwise.config_io import read_yaml_file  # noqa: E402
-from lavis_listwise.demo import DATASET  # noqa: E402
+from lavis_listwise.demo import demo_data_root, validation_data_options  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset  # noqa: E402
 from lavis_listwise.evaluation.features import encode_retrieval_features  # noqa: E402
 from lavis_listwise.metrics import lavis_recalls  # noqa: E402
@@ -43,12 +41,8 @@ def build_validation_run(cfg_path: str, options: list[str]) -> tuple[object, Pat
     """The LAVIS runner of ``cfg_path`` on the demo's generated data, with the test split never read,
     and the data's root directory (``scenes.json``, ``images/``, ``annotations/``)."""
     data = dict(read_yaml_file(cfg_path).demo.data)
-    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-    root = ensure_synthetic_dataset(default_cache_dir() / "demo" / f"synthetic-{tag}", **data)
-    paths = [f"{DATASET}.images.storage={root}"]
-    paths += [f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val")]
-    # LAVIS's builder reads every annotation entry: the test entry points at val, so test is never read
-    paths += [f"{DATASET}.annotations.test.storage={root}/annotations/val.json"]
+    root = ensure_synthetic_dataset(demo_data_root(data), **data)
+    paths = validation_data_options(root)  # the test entry points at val, so test is never read
     paths += ["run.test_splits=[]", "run.valid_splits=[val]", "run.output_dir=output/demo_recipe"]
     runner = build_run(
         argparse.Namespace(cfg_path=cfg_path, options=paths + list(options), job_id="recipe"), quiet=True

@@ -22,7 +22,6 @@ be used for choosing. ``--split train`` measures the training captions themselve
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -36,8 +35,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from lavis_listwise.config import RelevanceConfig, default_cache_dir  # noqa: E402
+from lavis_listwise.config import RelevanceConfig  # noqa: E402
 from lavis_listwise.datasets.retrieval_listwise import caption_groups_to_index  # noqa: E402
+from lavis_listwise.demo import demo_data_root  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
 from lavis_listwise.evaluation import relevance_agreement  # noqa: E402
 from lavis_listwise.relevance import rsc_relevance_from_table  # noqa: E402
@@ -130,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     data = dict(OmegaConf.load(args.cfg_path or DEMO_YAML).demo.data)
-    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]  # as the demo names it
-    root = ensure_synthetic_dataset(
-        args.data_dir or default_cache_dir() / "demo" / f"synthetic-{tag}", **data
-    )
+    root = ensure_synthetic_dataset(args.data_dir or demo_data_root(data), **data)
     captions, groups = split_captions(root, args.split)
     ground_truth = torch.from_numpy(np.load(relevance_file(root, args.split)))
     annotated = torch.zeros(len(groups), len(captions), dtype=torch.bool)

@@ -4,6 +4,26 @@
 :mod:`.synthetic` generates the dataset they train on, with its ground-truth relevance.
 """
 
-from .runner import DATASET, GT_METRICS, GT_SPLITS, METRICS, draw_rankings, run_demo, seed_comparison
+from .runner import (
+    DATASET,
+    GT_METRICS,
+    GT_SPLITS,
+    METRICS,
+    demo_data_root,
+    draw_rankings,
+    run_demo,
+    seed_comparison,
+    validation_data_options,
+)
 
-__all__ = ["DATASET", "GT_METRICS", "GT_SPLITS", "METRICS", "draw_rankings", "run_demo", "seed_comparison"]
+__all__ = [
+    "DATASET",
+    "GT_METRICS",
+    "GT_SPLITS",
+    "METRICS",
+    "demo_data_root",
+    "draw_rankings",
+    "run_demo",
+    "seed_comparison",
+    "validation_data_options",
+]

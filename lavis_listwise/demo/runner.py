@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..evaluation.report import format_agreement
 from ..resources import config_path
 
-__all__ = ["run_demo", "METRICS"]
+__all__ = ["run_demo", "METRICS", "demo_data_root", "validation_data_options"]
 
 METRICS = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"] + [
     f"{d}_ndcg{k}" for k in (5, 10, 20) for d in ("txt", "img")
@@ -44,6 +44,24 @@ METRICS += GT_METRICS
 DATASET = "datasets.retrieval_listwise_json.build_info"
 #: Evaluation splits the demo gives ground truth for (the YAML's valid_splits and test_splits).
 GT_SPLITS = ("val", "test")
+
+
+def demo_data_root(data: dict) -> Path:
+    """Where the demo generates the dataset of ``demo.data`` when ``--data-dir`` is not given: the
+    cache directory, named by a digest of those parameters (so a change of them never reuses data)."""
+    from ..config import default_cache_dir
+
+    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    return default_cache_dir() / "demo" / f"synthetic-{tag}"
+
+
+def validation_data_options(root: Path) -> list[str]:
+    """Dataset paths of the demo's data at ``root`` with the val annotations in the place of test
+    (LAVIS's builder reads every annotation entry), so the test split is never read: for choosing
+    settings (``benchmarks/``) without touching test."""
+    opts = [f"{DATASET}.images.storage={root}"]
+    opts += [f"{DATASET}.annotations.{s}.storage={root}/annotations/{s}.json" for s in ("train", "val")]
+    return opts + [f"{DATASET}.annotations.test.storage={root}/annotations/val.json"]
 
 
 def _data_options(root: Path) -> list[str]:
@@ -186,8 +204,8 @@ def top5_concentration(score_t2i: dict) -> dict:
         str(s): {n: retrieval_concentration(scores, k=5) for n, scores in models.items()}
         for s, models in score_t2i.items()
     }
-    names = list(next(iter(per_seed.values())))
-    keys = list(next(iter(next(iter(per_seed.values())).values())))
+    first = next(iter(per_seed.values()))
+    names, keys = list(first), list(next(iter(first.values())))
     mean = {n: {k: statistics.fmean(per_seed[s][n][k] for s in per_seed) for k in keys} for n in names}
     return {"per_seed": per_seed, "mean": mean}
 
@@ -227,7 +245,6 @@ def run_demo(
     extra_options: list[str] | None = None,
 ) -> dict:
     """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
-    from ..config import default_cache_dir
     from ..config_io import read_yaml_file
     from .synthetic import ensure_synthetic_dataset
 
@@ -239,8 +256,7 @@ def run_demo(
     seeds = list(seeds or [0])
     output_dir = Path(output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    tag = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(data_dir or default_cache_dir() / "demo" / f"synthetic-{tag}")
+    root = Path(data_dir or demo_data_root(data))
     print(f"[demo] data: {data} -> {root}", flush=True)
     root = ensure_synthetic_dataset(root, **data)
 
