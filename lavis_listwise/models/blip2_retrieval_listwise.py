@@ -48,7 +48,7 @@ from ..distributed import gather_no_grad, gather_with_grad, rank_and_world
 from ..errors import ConfigError
 from ..registration import register_once
 from .builders import build_bert_tokenizer, build_vision_encoder, load_configured_checkpoint
-from .listwise_mixin import ListwiseRetrievalMixin
+from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
     "BLIP2_ITC_LABEL_SMOOTHING",
@@ -109,13 +109,12 @@ def blip2_itc_targets(image_ids: Tensor, all_image_ids: Tensor, offset: int) -> 
         same-image columns of each row sharing 1 (BLIP's retrieval ITC). ``F.cross_entropy`` takes
         either; one host sync decides which.
     """
-    positive = image_ids.view(-1, 1) == all_image_ids.view(1, -1)
-    if bool((positive.sum(1) == 1).all()):
+    targets = same_image_targets(image_ids, all_image_ids)
+    if bool((targets.amax(1) == 1).all()):  # a row with k positives has targets 1/k
         # Blip2Qformer.forward's own expression (same values as the positives' columns here)
         bs = image_ids.numel()
         return torch.linspace(offset, offset + bs - 1, bs, dtype=int).to(image_ids.device)
-    targets = positive.to(torch.float32)
-    return targets / targets.sum(1, keepdim=True)
+    return targets
 
 
 @dataclass

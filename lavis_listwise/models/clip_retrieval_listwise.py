@@ -49,7 +49,7 @@ from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
 from ..registration import register_once
 from .builders import _connect_problem
-from .listwise_mixin import ListwiseRetrievalMixin
+from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
     "CLIP_PRECISIONS",
@@ -94,9 +94,7 @@ def image_id_contrastive_loss(logits: Tensor, image_ids: Tensor) -> Tensor:
 
     Returns: the scalar loss ``(L_i2t + L_t2i) / 2``.
     """
-    positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
-    targets = positive.to(torch.float32)
-    targets = targets / targets.sum(1, keepdim=True)  # symmetric mask: the same for both directions
+    targets = same_image_targets(image_ids, image_ids)  # symmetric mask: the same for both directions
     logits = logits.float()
     loss_i2t = -(F.log_softmax(logits, dim=1) * targets).sum(1).mean()
     loss_t2i = -(F.log_softmax(logits.t(), dim=1) * targets).sum(1).mean()

@@ -24,10 +24,22 @@ from .builders import (
     load_configured_checkpoint,
 )
 
-__all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS"]
+__all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS", "same_image_targets"]
 
 #: Keys the ``*_listwise`` dataset builders add to each training sample.
 RSC_SAMPLE_KEYS = ("caption_index", "image_caption_index")
+
+
+def same_image_targets(row_image_ids: Tensor, column_image_ids: Tensor) -> Tensor:
+    """Contrastive targets that know image ids, as BLIP's retrieval ITC: ``[R, C]`` float, the columns
+    of the same image as the row sharing 1 (``pos[a, b] = (id_a == id_b)``, each row normalised).
+
+    Args:
+        row_image_ids: ``[R]`` image id of each row's sample.
+        column_image_ids: ``[C]`` image id of each column's sample (the global batch).
+    """
+    targets = (row_image_ids.view(-1, 1) == column_image_ids.view(1, -1)).to(torch.float32)
+    return targets / targets.sum(1, keepdim=True)
 
 
 class ListwiseRetrievalMixin:
