@@ -88,7 +88,7 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _relevance_report(args: argparse.Namespace) -> int:
-    from lavis_listwise.evaluation.report import run_relevance_report
+    from lavis_listwise.relevance_report import run_relevance_report
 
     return run_relevance_report(args)
 
