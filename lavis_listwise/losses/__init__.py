@@ -16,7 +16,7 @@ from .listwise import (
     combine_losses,
 )
 from .registry import build_loss, get_loss_class, list_losses, register_loss
-from .smooth_ndcg import SmoothNDCGLoss, smooth_ndcg_loss, smooth_ndcg_loss_unchecked
+from .smooth_ndcg import SmoothNDCGLoss, smooth_ndcg_loss
 from .triplet import TripletLoss, triplet_loss
 
 __all__ = [
@@ -33,6 +33,5 @@ __all__ = [
     "list_losses",
     "register_loss",
     "smooth_ndcg_loss",
-    "smooth_ndcg_loss_unchecked",
     "triplet_loss",
 ]

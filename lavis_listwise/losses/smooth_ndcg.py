@@ -26,9 +26,11 @@ The ranks and their gradient come from the chunked path (:mod:`.chunked`) or a f
 (:mod:`.smooth_ndcg_topk`).
 
 Arguments are checked once, at the public entry points (:func:`smooth_ndcg_loss`,
-:class:`SmoothNDCGLoss`); :func:`smooth_ndcg_loss_unchecked` and :meth:`SmoothNDCGLoss.unchecked`
-are the training hot path: no device-to-host synchronisation (the caller checks that the final
-loss is finite, e.g. ``checked_loss_values`` in the listwise task, once per step for all terms).
+:class:`SmoothNDCGLoss`); :meth:`SmoothNDCGLoss.unchecked` is the training hot path, without checks
+(the caller checks that the final loss is finite, e.g. ``checked_loss_values`` in the listwise task,
+once per step for all terms). The chunked path never synchronises with the device; the fast kernels
+synchronise once per forward and once per backward, to send each row to its form
+(:func:`.kernels.centred_exp.by_row_kind`).
 """
 
 from __future__ import annotations
@@ -61,7 +63,6 @@ __all__ = [
     "check_loss_inputs",
     "ideal_dcg",
     "smooth_ndcg_loss",
-    "smooth_ndcg_loss_unchecked",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -187,21 +188,11 @@ def check_loss_inputs(scores: Tensor, relevance: Tensor) -> None:
         raise ValueError("relevance must be >= 0 (gains are 2^r - 1)")
 
 
-def smooth_ndcg_loss_unchecked(
-    scores: Tensor,
-    relevance: Tensor,
-    tau: float = 0.01,
-    reduction: str = "mean",
-    *,
-    block: int = DEFAULT_BLOCK,
-    tile_bytes: int = DEFAULT_TILE_BYTES,
-    kernel: str = "auto",
-    relevance_topk: int | None = None,
-    ideal_dcg: str = "paper",
+def _loss_unchecked(
+    scores: Tensor, relevance: Tensor, tau, reduction, kernel, relevance_topk, ideal_dcg, block, tile_bytes
 ) -> Tensor:
-    """:func:`smooth_ndcg_loss` without any check: the arguments must already be valid
-    (:func:`check_loss_params`, :func:`check_loss_inputs`). No device-to-host synchronisation on the
-    chunked and compiled paths' common case (rows the centred exponentials cover)."""
+    """:func:`smooth_ndcg_loss` on arguments already checked; the parameters in
+    :func:`check_loss_params`'s order."""
     if relevance_topk is not None and relevance_topk < scores.shape[1]:
         per_row = sparse_smooth_ndcg_per_row(
             scores, relevance, float(tau), relevance_topk, int(tile_bytes), ideal_dcg=ideal_dcg
@@ -255,19 +246,10 @@ def smooth_ndcg_loss(
     Raises:
         ValueError for a bad argument (:func:`check_loss_params`, :func:`check_loss_inputs`).
     """
-    check_loss_params(tau, reduction, kernel, relevance_topk, ideal_dcg, block, tile_bytes)
+    params = (tau, reduction, kernel, relevance_topk, ideal_dcg, block, tile_bytes)
+    check_loss_params(*params)
     check_loss_inputs(scores, relevance)
-    return smooth_ndcg_loss_unchecked(
-        scores,
-        relevance,
-        tau,
-        reduction,
-        block=block,
-        tile_bytes=tile_bytes,
-        kernel=kernel,
-        relevance_topk=relevance_topk,
-        ideal_dcg=ideal_dcg,
-    )
+    return _loss_unchecked(scores, relevance, *params)
 
 
 class SmoothNDCGLoss(nn.Module):
@@ -302,15 +284,10 @@ class SmoothNDCGLoss(nn.Module):
 
     def unchecked(self, scores: Tensor, relevance: Tensor) -> Tensor:
         """``forward`` without the per-call tensor checks (no device-to-host synchronisation)."""
-        return smooth_ndcg_loss_unchecked(
-            scores,
-            relevance,
-            self.tau,
-            self.reduction,
-            kernel=self.kernel,
-            relevance_topk=self.relevance_topk,
-            ideal_dcg=self.ideal_dcg,
-        )
+        return _loss_unchecked(
+            scores, relevance, self.tau, self.reduction, self.kernel, self.relevance_topk,
+            self.ideal_dcg, DEFAULT_BLOCK, DEFAULT_TILE_BYTES,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         topk = f", relevance_topk={self.relevance_topk}" if self.relevance_topk else ""
