@@ -19,11 +19,12 @@ from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["register_loss", "get_loss_class", "list_losses", "build_loss"]
+__all__ = ["register_loss", "get_loss_class", "list_losses", "build_loss", "lookup"]
 
 _LOSSES: dict[str, type[nn.Module]] = {}
 
 T = TypeVar("T", bound=type[nn.Module])
+V = TypeVar("V")
 
 
 def _same_class(a: type, b: type) -> bool:
@@ -45,12 +46,17 @@ def register_loss(name: str) -> Callable[[T], T]:
     return wrap
 
 
+def lookup(entries: dict[str, V], name: str, what: str) -> V:
+    """``entries[name]``; otherwise ``KeyError("unknown <what> <name>; registered: <names>")``."""
+    try:
+        return entries[name]
+    except KeyError:
+        raise KeyError(f"unknown {what} {name!r}; registered: {sorted(entries)}") from None
+
+
 def get_loss_class(name: str) -> type[nn.Module]:
     """The loss class registered under ``name``; ``KeyError`` listing the known names otherwise."""
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise KeyError(f"unknown loss {name!r}; registered losses: {list_losses()}") from None
+    return lookup(_LOSSES, name, "loss")
 
 
 def list_losses() -> list[str]:

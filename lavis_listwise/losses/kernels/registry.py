@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..registry import lookup
+
 __all__ = ["FastKernel", "get_kernel", "list_kernels", "register_kernel"]
 
 
@@ -51,10 +53,7 @@ def register_kernel(kernel: FastKernel) -> FastKernel:
 
 def get_kernel(name: str) -> FastKernel:
     """The fast kernel registered as ``name``; ``KeyError`` listing the known ones otherwise."""
-    try:
-        return _KERNELS[name]
-    except KeyError:
-        raise KeyError(f"unknown Smooth-NDCG kernel {name!r}; fast kernels: {list_kernels()}") from None
+    return lookup(_KERNELS, name, "Smooth-NDCG fast kernel")
 
 
 def list_kernels() -> list[str]:
