@@ -83,6 +83,15 @@ def _nonempty_str(value) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+def _image_problem(where: str, entry: dict) -> str | None:
+    """The problem of an entry's ``image`` (absent, or not a non-empty string), or ``None``."""
+    if "image" not in entry:
+        return f"{where}: has no 'image'"
+    if not _nonempty_str(entry["image"]):
+        return f"{where}: 'image' must be a non-empty file name, got {entry['image']!r}"
+    return None
+
+
 def _entries(files: Sequence[tuple[str, list]]):
     for path, entries in files:
         for index, entry in enumerate(entries):
@@ -107,10 +116,8 @@ def train_annotation_problems(files: Sequence[tuple[str, list]]) -> list[str]:
             problems.append(f"{where}: is a {type(entry).__name__}, not an object (image, caption, image_id)")
             continue
         image, caption = entry.get("image"), entry.get("caption")
-        if "image" not in entry:
-            problems.append(f"{where}: has no 'image'")
-        elif not _nonempty_str(image):
-            problems.append(f"{where}: 'image' must be a non-empty file name, got {image!r}")
+        if problem := _image_problem(where, entry):
+            problems.append(problem)
         if "caption" not in entry:
             problems.append(f"{where}: has no 'caption'")
         elif not isinstance(caption, str):
@@ -148,10 +155,8 @@ def eval_annotation_problems(files: Sequence[tuple[str, list]]) -> list[str]:
             problems.append(f"{where}: is a {type(entry).__name__}, not an object with image and caption")
             continue
         image, captions = entry.get("image"), entry.get("caption")
-        if "image" not in entry:
-            problems.append(f"{where}: has no 'image'")
-        elif not _nonempty_str(image):
-            problems.append(f"{where}: 'image' must be a non-empty file name, got {image!r}")
+        if problem := _image_problem(where, entry):
+            problems.append(problem)
         else:
             seen = first_entry.setdefault(image, (path, index))
             if seen != (path, index):
