@@ -26,8 +26,15 @@ def _cuda_devices() -> list[int]:
 
 
 def rng_state() -> dict:
-    """The global RNG states of this process: torch CPU, numpy, ``random`` and (if used) CUDA."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states of this process: torch CPU, numpy, ``random`` and (if used) CUDA.
+
+    Only tensors, tuples, ints, floats and strings (numpy's key array as a list of ints), so a
+    checkpoint holding it loads with ``torch.load(weights_only=True)``, the default of torch >= 2.6
+    that LAVIS's ``load_checkpoint`` uses for ``model.finetuned``.
+    """
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (name, keys.tolist(), int(pos), int(has_gauss), float(cached_gaussian))
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if _cuda_devices():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -36,7 +43,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -139,6 +139,21 @@ def test_sentence_encoder_leaves_the_global_rng_untouched():
     assert np.array_equal(before[1], np.random.get_state()[1]) and before[2] == random.getstate()
 
 
+def test_a_saved_rng_state_loads_weights_only_and_restores_every_generator(tmp_path):
+    """A checkpoint's RNG states load with ``torch.load(weights_only=True)`` (LAVIS's load_checkpoint
+    reads a run's checkpoint that way as ``model.finetuned``) and restore torch, numpy and random."""
+    from lavis_listwise.rng import rng_state, set_rng_state
+
+    np.random.seed(3)
+    np.random.randn()  # numpy keeps the second Box-Muller draw: has_gauss is part of the state
+    random.seed(4)
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pth")
+    drawn = (np.random.randn(3), random.random(), torch.rand(2))
+    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    again = (np.random.randn(3), random.random(), torch.rand(2))
+    assert np.array_equal(drawn[0], again[0]) and drawn[1] == again[1] and torch.equal(drawn[2], again[2])
+
+
 def test_quick_demo_gives_the_same_numbers_with_a_cold_and_a_warm_cache(tmp_path):
     env = {"LAVIS_LISTWISE_CACHE": str(tmp_path / "cache")}
     results = []
