@@ -48,7 +48,7 @@ from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
 from ..registration import register_once
-from .builders import _connect_problem
+from .builders import _connect_problem, load_configured_checkpoint
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
@@ -227,7 +227,11 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
     def from_config(cls, cfg=None):
         """The model from ``model.model_config`` (default: ``model_type``, one of LAVIS's CLIP
         architectures), with ``model.pretrained`` weights as LAVIS's ``CLIP.from_config`` loads them
-        (``openai``, another open_clip tag, or a local state-dict file; null/empty: from scratch)."""
+        (``openai``, another open_clip tag, or a local state-dict file; null/empty: from scratch), then,
+        with ``model.load_finetuned: True`` (default False), the checkpoint ``model.finetuned`` (a
+        file or URL, e.g. a ``checkpoint_best.pth`` of a fine-tuning run) loaded over them as the
+        other archs load it. ``model.pretrained`` still decides the activation: OpenAI's weights use
+        QuickGELU, so keep ``pretrained: openai`` for a model fine-tuned from them."""
         precision = cfg.get("precision", "fp32")
         if precision not in CLIP_PRECISIONS:
             raise ConfigError(f"model.precision must be one of {list(CLIP_PRECISIONS)}, got {precision!r}")
@@ -237,6 +241,10 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
             listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
         )
         model = cls.build_pretrained(spec, cfg.get("pretrained"), **kwargs)
+        if cfg.get("load_finetuned", False):
+            # a fine-tuned checkpoint ({"model": state dict}, as runner_listwise and LAVIS's runner write)
+            # on top of the architecture model.pretrained gave, as LAVIS's load_checkpoint_from_config
+            load_configured_checkpoint(model, cfg)
         if precision == "fp16":
             convert_weights_to_fp16(model)
         return model
