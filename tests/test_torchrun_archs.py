@@ -1,6 +1,7 @@
 """Every listwise arch the plugin registers trains, validates and tests from a YAML alone under
 ``torchrun`` with two CPU processes (gloo), through the plugin's CLI: the distributed form of each
-arch's single-process ``test_train_validate_test_from_yaml``."""
+arch's single-process ``test_train_validate_test_from_yaml``; then ``evaluate`` of the checkpoint it
+wrote (``model.finetuned``), also under ``torchrun``, reproduces the training run's test metrics."""
 
 import json
 import os
@@ -35,3 +36,12 @@ def test_train_validate_test_under_torchrun(tmp_path, tiny_dataset, arch):
         assert key in test, key
     checkpoint = torch.load(run_dir / "checkpoint_latest.pth", weights_only=False)
     assert checkpoint["epoch"] == 0 and len(checkpoint["rng_per_rank"]) == 2  # both ranks trained
+
+    finetuned = [f"model.finetuned={run_dir / 'checkpoint_latest.pth'}", "model.load_finetuned=True"]
+    cmd = [*torchrun, "-m", "lavis_listwise", "evaluate", "--cfg-path", str(cfg), "--job-id", "ev"]
+    cmd += ["--options", "run.evaluate=True", *finetuned, *gt]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-8000:]
+    evaluated = json.loads((tmp_path / "out" / "ev" / "evaluate_results.json").read_text())["test"]
+    trained = json.loads((run_dir / "test_results.json").read_text())["test"]
+    assert evaluated == pytest.approx(trained, abs=1e-9)
