@@ -25,7 +25,12 @@ import lavis_listwise  # noqa: F401
 from lavis_listwise.config_check import model_keys
 from lavis_listwise.distributed import _free_port
 from lavis_listwise.errors import ConfigError
-from lavis_listwise.evaluation import reranks_with_itm, scores_with_lavis_sim_matrix
+from lavis_listwise.evaluation import (
+    RerankView,
+    compute_sim_matrix_qformer,
+    reranks_with_itm,
+    scores_with_lavis_sim_matrix,
+)
 from lavis_listwise.losses import bidirectional_smooth_ndcg_loss
 from lavis_listwise.models.blip2_retrieval_listwise import (
     BLIP2_ITC_LABEL_SMOOTHING,
@@ -212,7 +217,8 @@ def test_lavis_blip2_state_dicts_load_strictly_both_ways(tmp_path):
     torch.testing.assert_close(Blip2RetrievalListwise.from_config(cfg).state_dict(), stock.state_dict())
 
 
-def test_task_scores_are_lavis_blip2_compute_sim_matrix(tiny_dataset, tmp_path, lavis_output_dir):
+def _task_loader_model(tiny_dataset, tmp_path):
+    """The retrieval_listwise task, a loader over the tiny test split and a tiny BLIP-2 in eval mode."""
     cfg = Config(
         argparse.Namespace(
             cfg_path=str(
@@ -224,7 +230,11 @@ def test_task_scores_are_lavis_blip2_compute_sim_matrix(tiny_dataset, tmp_path, 
     task = registry.get_task_class("retrieval_listwise").setup_task(cfg=cfg)
     loader = DataLoader(task.build_datasets(cfg)["retrieval_listwise_json"]["test"], batch_size=3)
     torch.manual_seed(3)
-    model = task.build_model(cfg).eval()
+    return task, loader, task.build_model(cfg).eval()
+
+
+def test_task_scores_are_lavis_blip2_compute_sim_matrix(tiny_dataset, tmp_path, lavis_output_dir):
+    task, loader, model = _task_loader_model(tiny_dataset, tmp_path)
     assert type(model) is Blip2RetrievalListwise
     seen = []
     task.add_score_listener(lambda dataset, i2t, t2i: seen.append((i2t, t2i)))
@@ -243,6 +253,44 @@ def test_task_scores_are_lavis_blip2_compute_sim_matrix(tiny_dataset, tmp_path, 
     assert ((i2t > -100).sum(1) == 4).all()  # ITM re-scored the top k_test = 4 of every row
     for key in ("txt_r1", "img_r10", "r_mean", "txt_ndcg5", "img_ndcg10"):
         assert key in result, key
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """A split restricted to some images and their captions, as LAVIS's evaluation datasets look."""
+
+    def __init__(self, dataset, images, texts):
+        self.base, self.images = dataset, images
+        self.image = [dataset.image[i] for i in images]
+        self.text = [dataset.text[t] for t in texts]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.base[self.images[index]]
+
+
+def test_a_view_is_scored_as_lavis_compute_sim_matrix_on_its_images_and_captions(
+    tiny_dataset, tmp_path, lavis_output_dir
+):
+    """COCO 1K folds: each view re-ranked within itself, as LAVIS's compute_sim_matrix on that subset."""
+    _, loader, model = _task_loader_model(tiny_dataset, tmp_path)
+    dataset = loader.dataset
+    images = list(range(0, len(dataset.image), 2))  # every other image, with all its captions
+    texts = [t for t in range(len(dataset.text)) if dataset.txt2img[t] in set(images)]
+    whole = RerankView(torch.arange(len(dataset.image)), torch.arange(len(dataset.text)))
+    view = RerankView(torch.tensor(images), torch.tensor(texts))
+    with torch.no_grad():
+        scores = compute_sim_matrix_qformer(model, loader, 3, [whole, view])
+        subset = DataLoader(_ViewDataset(dataset, images, texts), batch_size=3)
+        k3 = OmegaConf.create({"k_test": 3})
+        lavis = blip2_stock_twin(model).eval().compute_sim_matrix(subset, task_cfg=k3)
+    assert scores[0][0].shape == (len(dataset.image), len(dataset.text))
+    for ours, stock in zip(scores[1], lavis):
+        assert ours.shape == stock.shape and ((ours > -100) == (stock > -100)).all()  # the same top-3
+        np.testing.assert_allclose(ours, stock, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="run.k_test = 99 is larger than the candidates"):
+        compute_sim_matrix_qformer(model, loader, 99, [view])
 
 
 def test_train_validate_test_from_yaml(tmp_path, tiny_dataset):

@@ -2,8 +2,9 @@
 
 * :mod:`.features`, :mod:`.packed_encoder`, :mod:`.rerank`: the fast ITC + ITM re-ranking
   (``run.itm_eval: fast``), LAVIS's ``compute_sim_matrix`` scores with far less ITM work; for models
-  without an ITM head (CLIP) the ITC similarity alone (``compute_sim_matrix_itc``); BLIP-2 is scored
-  by LAVIS's own ``compute_sim_matrix`` (``scores_with_lavis_sim_matrix``);
+  without an ITM head (CLIP) the ITC similarity alone (``compute_sim_matrix_itc``); BLIP-2
+  (``scores_with_lavis_sim_matrix``) by :mod:`.qformer_scores`, LAVIS's own ``compute_sim_matrix``
+  per view (whole split, COCO 1K folds) from one feature pass;
 * protocols: :mod:`.coco_1k` (COCO 1K folds), :mod:`.coco_ids` + :mod:`.eccv_cxc` (ECCV Caption and
   CxC through the ``eccv-caption`` package);
 * metrics: :mod:`.graded` (NDCG against RSC), :mod:`.ground_truth` (graded ground truth and the
@@ -26,6 +27,7 @@ from .ground_truth import (
     positive_threshold,
     relevance_agreement,
 )
+from .qformer_scores import compute_sim_matrix_qformer
 from .rankings import ranking_report, write_rankings
 from .rerank import DEFAULT_MAX_PAIRS, RerankView, compute_sim_matrix_fast
 
@@ -47,6 +49,7 @@ __all__ = [
     "coco_karpathy_test_image_ids",
     "compute_sim_matrix_fast",
     "compute_sim_matrix_itc",
+    "compute_sim_matrix_qformer",
     "eccv_caption_metrics",
     "ground_truth_metrics",
     "gt_relevance_paths",

@@ -31,6 +31,7 @@ from ..evaluation import (
     coco_ids_from_annotation,
     compute_sim_matrix_fast,
     compute_sim_matrix_itc,
+    compute_sim_matrix_qformer,
     eccv_caption_metrics,
     ground_truth_metrics,
     gt_relevance_paths,
@@ -240,15 +241,15 @@ class RetrievalListwiseTask(RetrievalTask):
         # Map captions to COCO ids before the expensive pass, so a missing file fails at once.
         coco_ids = self._coco_ids(dataset) if use_eccv else None
         folds = coco_1k_folds(dataset) if use_1k else []
-        if settings.itm_eval == "stock" or scores_with_lavis_sim_matrix(model):
-            # BLIP-2: the fast path does not reproduce its Q-Former scores, LAVIS's own function runs
-            if folds:
-                name = type(model).__name__
-                logging.info("COCO 1K folds skipped: %s is scored by LAVIS's compute_sim_matrix", name)
+        whole = RerankView(torch.arange(n_img), torch.arange(n_txt))
+        if settings.itm_eval == "stock":
             score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
             fold_scores = []
+        elif scores_with_lavis_sim_matrix(model):
+            # BLIP-2: LAVIS's compute_sim_matrix per view (its Q-Former ITM is not the fast path's)
+            scores = compute_sim_matrix_qformer(model, data_loader, k_test, views=[whole, *folds])
+            (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
         else:
-            whole = RerankView(torch.arange(n_img), torch.arange(n_txt))
             amp = bool(self.cfg.get("amp", False))
             if reranks_with_itm(model):
                 scores = compute_sim_matrix_fast(
