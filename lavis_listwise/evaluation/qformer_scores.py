@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .rerank import RerankView
+from .rerank import RerankView, view_similarity
 
 __all__ = ["compute_sim_matrix_qformer"]
 
@@ -113,11 +113,6 @@ def compute_sim_matrix_qformer(
     out = []
     for view in views:
         img, txt = view.image_index, view.text_index
-        if k_test > min(len(img), len(txt)):
-            raise ValueError(
-                f"run.k_test = {k_test} is larger than the candidates ({len(img)} images, "
-                f"{len(txt)} captions)"
-            )
-        view_sims = sims.index_select(0, img.to(sims.device)).index_select(1, txt.to(sims.device))
+        view_sims = view_similarity(sims, view, k_test)
         out.append(_rerank_view(model, view_sims, vit_feats[img], text_ids[txt], text_atts[txt], k_test))
     return out

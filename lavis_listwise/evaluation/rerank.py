@@ -41,6 +41,7 @@ __all__ = [
     "itm_batches",
     "itm_pair_scores",
     "rerank_views",
+    "view_similarity",
 ]
 
 #: Default pairs per ITM forward: cache-sized on CPU (measured: 256 is fastest), large on GPUs.
@@ -59,6 +60,23 @@ class RerankView:
     text_index: Tensor  # [n_txt_view] long
 
 
+def view_similarity(sims: Tensor, view: RerankView, k_test: int) -> Tensor:
+    """The ``[n_img_view, n_txt_view]`` block of ``sims`` ``[n_img, n_txt]`` that a view re-ranks.
+
+    Raises:
+        ValueError if ``k_test`` is larger than the view's images or captions.
+    """
+    sub = sims.index_select(0, view.image_index.to(sims.device)).index_select(
+        1, view.text_index.to(sims.device)
+    )
+    if int(k_test) > min(sub.shape):
+        raise ValueError(
+            f"run.k_test = {k_test} is larger than the candidates ({sub.shape[0]} images, "
+            f"{sub.shape[1]} captions)"
+        )
+    return sub
+
+
 def candidate_pairs(sims: Tensor, view: RerankView, k_test: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """ITC top-``k_test`` of every row and column of a view, as LAVIS selects them.
 
@@ -66,14 +84,8 @@ def candidate_pairs(sims: Tensor, view: RerankView, k_test: int) -> tuple[Tensor
         ``i2t_sim, i2t_idx``: ``[n_img_view, k]`` top similarities and view-local caption columns;
         ``t2i_sim, t2i_idx``: ``[n_txt_view, k]`` the same for captions against the view's images.
     """
-    sub = sims.index_select(0, view.image_index.to(sims.device)).index_select(
-        1, view.text_index.to(sims.device)
-    )
+    sub = view_similarity(sims, view, k_test)
     k = int(k_test)
-    if k > min(sub.shape):
-        raise ValueError(
-            f"run.k_test = {k} is larger than the candidates ({sub.shape[0]} images, {sub.shape[1]} captions)"
-        )
     i2t_sim, i2t_idx = sub.topk(k, dim=1)
     t2i_sim, t2i_idx = sub.t().topk(k, dim=1)
     return i2t_sim, i2t_idx, t2i_sim, t2i_idx
