@@ -283,7 +283,7 @@ class SmoothNDCGLoss(nn.Module):
         return self.unchecked(scores, relevance)
 
     def unchecked(self, scores: Tensor, relevance: Tensor) -> Tensor:
-        """``forward`` without the per-call tensor checks (no device-to-host synchronisation)."""
+        """``forward`` without the per-call tensor checks (their device-to-host synchronisations)."""
         return _loss_unchecked(
             scores, relevance, self.tau, self.reduction, self.kernel, self.relevance_topk,
             self.ideal_dcg, DEFAULT_BLOCK, DEFAULT_TILE_BYTES,
