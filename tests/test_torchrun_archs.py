@@ -34,7 +34,8 @@ def test_train_validate_test_under_torchrun(tmp_path, tiny_dataset, arch):
     test = next(row for row in rows if row["split"] == "test")
     for key in ("txt_r1", "img_r10", "r_mean", "txt_ndcg10", "gt_txt_ndcg10", "gt_img_map_r"):
         assert key in test, key
-    checkpoint = torch.load(run_dir / "checkpoint_latest.pth", weights_only=False)
+    # weights_only: as LAVIS's load_checkpoint reads it for model.finetuned below
+    checkpoint = torch.load(run_dir / "checkpoint_latest.pth", weights_only=True)
     assert checkpoint["epoch"] == 0 and len(checkpoint["rng_per_rank"]) == 2  # both ranks trained
 
     finetuned = [f"model.finetuned={run_dir / 'checkpoint_latest.pth'}", "model.load_finetuned=True"]
