@@ -23,7 +23,13 @@ pytestmark = pytest.mark.slow
 
 def _not_source(directory, names):
     top = Path(directory) == REPO
-    return [n for n in names if (top and n in NOT_SOURCE) or n == "__pycache__" or n.endswith(".egg-info")]
+    return [
+        n
+        for n in names
+        if (top and (n in NOT_SOURCE or n.startswith(".venv")))  # .venv-py3.12 ... (scripts/run.sh)
+        or n == "__pycache__"
+        or n.endswith(".egg-info")
+    ]
 
 
 def _pip(*args, **kwargs):
