@@ -2,6 +2,7 @@
 # Set up (or reuse) the local virtual environment, then run one job:
 #   bash scripts/run.sh demo         the main job: pairwise vs listwise on synthetic data (CPU, ~5 min)
 #   bash scripts/run.sh test         pre-commit on every file, then the whole pytest suite
+#   bash scripts/run.sh setup        only set up the venv with the dev tools (what `test` does first)
 # Environment: PYTHON (default python3.11, else python3; 3.11, 3.12 and 3.13 are tested),
 # LAVIS_LISTWISE_VENV (default .venv for Python 3.11, .venv-py3.12 / .venv-py3.13 for the others).
 # Two stacks (README, "Python versions"): Python 3.11 installs LAVIS 1.0.2 with its own pins
@@ -69,6 +70,9 @@ case "${1:-}" in
     shift
     exec lavis-listwise demo "$@"
     ;;
+  setup)
+    setup dev
+    ;;
   test)
     setup dev
     shift
@@ -84,7 +88,7 @@ case "${1:-}" in
     exit "$rc"
     ;;
   *)
-    echo "usage: bash scripts/run.sh {demo|test} [args...]" >&2
+    echo "usage: bash scripts/run.sh {demo|test|setup} [args...]" >&2
     exit 2
     ;;
 esac
