@@ -104,7 +104,7 @@ def _check_values(values: np.ndarray, key: str, path: Path) -> None:
         first = np.argwhere(bad)[0]
         raise DataError(
             f"{key}: {str(path)!r}: relevance must be finite and in [0, 1]; {int(bad.sum())} value(s) are "
-            f"not (first: {values[tuple(first)]!r} at index {tuple(int(i) for i in first)})"
+            f"not (first: {values[tuple(first)].item()!r} at index {tuple(int(i) for i in first)})"
         )
 
 
