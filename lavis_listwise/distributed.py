@@ -8,6 +8,8 @@ import math
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -25,6 +27,7 @@ __all__ = [
     "gather_with_grad",
     "init_distributed",
     "is_launched_distributed",
+    "process_group_released",
     "rank_and_world",
     "shard_range",
 ]
@@ -142,3 +145,21 @@ def init_distributed(run_cfg) -> None:
             backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout
         )
         run_cfg.distributed, run_cfg.rank, run_cfg.world_size, run_cfg.gpu = False, 0, 1, 0
+
+
+@contextmanager
+def process_group_released() -> Iterator[None]:
+    """Destroy, on leaving the block, a default process group that was created inside it.
+
+    A process that exits with its gloo group alive can abort at interpreter shutdown ("terminate
+    called without an active exception", SIGABRT): the group's worker threads still hold work whose
+    tensors are freed after Python is gone (pytorch/pytorch#190489). ``torch.distributed`` asks every
+    process to call ``destroy_process_group`` before it exits. A group that existed before the block
+    (a caller's, a test's) is left alone.
+    """
+    created_here = not (dist.is_available() and dist.is_initialized())
+    try:
+        yield
+    finally:
+        if created_here and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -55,7 +55,10 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
         check_config(read_yaml_file(known.cfg_path), known.options or [])
     sys.argv = [str(path), *script_args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python SCRIPT` puts the script's directory first
-    runpy.run_path(str(path), run_name="__main__")
+    from .distributed import process_group_released
+
+    with process_group_released():  # LAVIS's scripts never destroy the process group they set up
+        runpy.run_path(str(path), run_name="__main__")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,16 +99,24 @@ def _collectives_named(run_cfg):
 
 
 def train(args: argparse.Namespace) -> dict | None:
-    runner = build_run(args)
-    with _collectives_named(runner.config.run_cfg):
-        logs = runner.train()
-    _report_results(runner, logs, "test_results.json")
+    """LAVIS's train.py: train, validate and test; the process group it set up is destroyed at the end."""
+    from .distributed import process_group_released
+
+    with process_group_released():
+        runner = build_run(args)
+        with _collectives_named(runner.config.run_cfg):
+            logs = runner.train()
+        _report_results(runner, logs, "test_results.json")
     return logs
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
-    runner = build_run(args)
-    with _collectives_named(runner.config.run_cfg):
-        logs = runner.evaluate(skip_reload=True)
-    _report_results(runner, logs, "evaluate_results.json")
+    """LAVIS's evaluate.py: test the configured model; the process group it set up is destroyed at the end."""
+    from .distributed import process_group_released
+
+    with process_group_released():
+        runner = build_run(args)
+        with _collectives_named(runner.config.run_cfg):
+            logs = runner.evaluate(skip_reload=True)
+        _report_results(runner, logs, "evaluate_results.json")
     return logs

@@ -1,6 +1,9 @@
-"""Two gloo processes holding half a global batch each equal one process holding all of it."""
+"""Two gloo processes holding half a global batch each equal one process holding all of it; a process
+group the plugin sets up ends with the block that made it."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -229,3 +232,33 @@ def test_blip2_two_processes_equal_one(tmp_path):
     for name, grad in grads.items():
         torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     assert grads["query_tokens"].abs().sum() > 0 and grads["text_proj.weight"].abs().sum() > 0
+
+
+def test_process_group_released_destroys_only_the_group_made_inside_it():
+    # in a fresh process: the test session may hold a group of its own (in-process runs make one)
+    script = """
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from lavis_listwise.distributed import init_distributed, process_group_released
+
+cfg = OmegaConf.create({"device": "cpu"})
+with process_group_released():
+    init_distributed(cfg)
+    assert dist.is_initialized()
+assert not dist.is_initialized(), "the group made inside the block outlived it"
+try:
+    with process_group_released():
+        init_distributed(cfg)
+        raise KeyError("boom")
+except KeyError:
+    pass
+assert not dist.is_initialized(), "an error inside the block kept the group"
+init_distributed(cfg)
+with process_group_released():
+    pass
+assert dist.is_initialized(), "a group made before the block was destroyed"
+dist.destroy_process_group()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -246,6 +246,7 @@ def run_demo(
 ) -> dict:
     """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
     from ..config_io import read_yaml_file
+    from ..distributed import process_group_released
     from .synthetic import ensure_synthetic_dataset
 
     start = time.time()
@@ -262,14 +263,15 @@ def run_demo(
 
     base = _data_options(root) + [f"run.output_dir={output_dir}"] + list(extra_options or [])
     runs: dict[int, dict[str, dict]] = {}
-    for seed in seeds:
-        runs[seed] = {}
-        for name, w in (("pairwise", 0.0), ("listwise", weight)):
-            print(f"[demo] seed {seed}: training {name} (model.listwise.weight={w}) ...", flush=True)
-            t0 = time.time()
-            opts = base + [f"model.listwise.weight={w}", f"run.seed={seed}"]
-            runs[seed][name] = _train_one(cfg_path, opts, f"seed{seed}-{name}")
-            print(f"[demo] seed {seed}: {name} done in {time.time() - t0:.0f} s", flush=True)
+    with process_group_released():  # the one-process group the first run sets up serves them all
+        for seed in seeds:
+            runs[seed] = {}
+            for name, w in (("pairwise", 0.0), ("listwise", weight)):
+                print(f"[demo] seed {seed}: training {name} (model.listwise.weight={w}) ...", flush=True)
+                t0 = time.time()
+                opts = base + [f"model.listwise.weight={w}", f"run.seed={seed}"]
+                runs[seed][name] = _train_one(cfg_path, opts, f"seed{seed}-{name}")
+                print(f"[demo] seed {seed}: {name} done in {time.time() - t0:.0f} s", flush=True)
 
     names = ["pairwise", "listwise"]
     mean = {n: {k: statistics.fmean(runs[s][n]["metrics"][k] for s in seeds) for k in METRICS} for n in names}
