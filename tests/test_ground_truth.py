@@ -15,6 +15,7 @@ from lavis.common.registry import registry
 from lavis.processors.blip_processors import BlipCaptionProcessor
 
 import lavis_listwise  # noqa: F401
+from lavis_listwise.demo import synthetic
 from lavis_listwise.demo.synthetic import (
     caption_relevance,
     caption_scene_with_statements,
@@ -82,7 +83,7 @@ def test_ground_truth_formula_on_hand_built_scenes():
     assert caption_relevance(SCENE, nothing) == 0.0
 
 
-def test_vectorised_ground_truth_matches_the_reference_definition():
+def test_vectorised_ground_truth_matches_the_reference_definition(monkeypatch):
     rng = random.Random(7)
     scenes = [sample_scene(rng) for _ in range(25)]
     statements = [c for s in scenes for c in caption_scene_with_statements(s, rng)]
@@ -90,7 +91,9 @@ def test_vectorised_ground_truth_matches_the_reference_definition():
     matrix = ground_truth_relevance(scenes, statements)
     assert matrix.shape == (25, 125) and matrix.dtype == np.float32
     expected = np.array([[caption_relevance(sc, st) for st in statements] for sc in scenes])
-    np.testing.assert_allclose(matrix, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(matrix, expected.astype(np.float32))  # the float32 of the exact share
+    monkeypatch.setattr(synthetic, "_GT_CHUNK_ELEMENTS", 3 * 125)  # chunks of 3 images, the last of 1
+    np.testing.assert_array_equal(ground_truth_relevance(scenes, statements), matrix)
     for i in range(25):  # every caption is a plausible positive of its own image, exactly
         assert (matrix[i, 5 * i : 5 * i + 5] == 1.0).all()
     assert 0 < (matrix == 1).sum() - 125 < matrix.size  # some other captions hold too, most do not

@@ -347,9 +347,9 @@ def _statement_codes(statements: list[dict]) -> tuple[np.ndarray, np.ndarray, np
 
 
 #: The 6 orders of 3 slots: every one-to-one assignment of (padded) mentions to (padded) objects.
-_PERMUTATIONS = np.array(list(itertools.permutations(range(_MAX_OBJECTS))), dtype=np.intp)
-#: Images per chunk of :func:`ground_truth_relevance` (its ``[chunk, T, 3, 3]`` match counts).
-_GT_CHUNK_ELEMENTS = 1 << 23
+_PERMUTATIONS = tuple(itertools.permutations(range(_MAX_OBJECTS)))
+#: Elements (images x captions) per chunk of :func:`ground_truth_relevance`.
+_GT_CHUNK_ELEMENTS = 1 << 22
 
 
 def ground_truth_relevance(scenes: list[dict], statements: list[dict]) -> np.ndarray:
@@ -366,21 +366,38 @@ def ground_truth_relevance(scenes: list[dict], statements: list[dict]) -> np.nda
     stated = (cap_obj >= 0).sum(axis=(1, 2)) + (cap_bg >= 0).sum(axis=1) + (cap_count >= 0)
     if (stated == 0).any():
         raise ValueError(f"caption {int(np.argmin(stated))} states nothing")
-    out = np.empty((len(scenes), len(statements)), dtype=np.float32)
-    rows = max(1, _GT_CHUNK_ELEMENTS // max(1, len(statements) * _MAX_OBJECTS**2))
-    for i0 in range(0, len(scenes), rows):
-        obj = img_obj[i0 : i0 + rows]
-        # held[i, t, m, o] = statements of mention m of caption t that hold for object o of image i
-        # (unstated attributes are -1 and absent objects -2, so neither ever matches)
-        held = (cap_obj[None, :, :, None, :] == obj[:, None, None, :, :]).sum(axis=-1, dtype=np.int8)
-        best = (
-            held[:, :, np.arange(_MAX_OBJECTS)[None, :], _PERMUTATIONS]
-            .sum(axis=-1, dtype=np.int8)
-            .max(axis=-1)
+    # Captions draw their mentions from a few hundred distinct ones: count the statements of each
+    # distinct mention u that hold for object o of image i once, as per_mention[o][i, u], and look
+    # them up per caption. Unstated attributes are -1 and absent objects -2, so neither ever matches;
+    # a caption's empty mention slots (all -1) match nothing.
+    mentions, mention_of = np.unique(cap_obj.reshape(-1, cap_obj.shape[-1]), axis=0, return_inverse=True)
+    mention_of = mention_of.reshape(len(statements), _MAX_OBJECTS)
+    per_mention = [
+        sum(
+            (img_obj[:, o, a, None] == mentions[None, :, a]).astype(np.int8) for a in range(mentions.shape[1])
         )
-        matched = best + (cap_bg[None] == img_bg[i0 : i0 + rows, None]).sum(axis=-1)
-        matched += cap_count[None] == img_count[i0 : i0 + rows, None]
-        out[i0 : i0 + rows] = matched / stated[None].astype(np.float32)
+        for o in range(_MAX_OBJECTS)
+    ]
+    stated = stated.astype(np.float64)  # the quotient in float64, rounded once into float32
+    out = np.empty((len(scenes), len(statements)), dtype=np.float32)
+    rows = max(1, _GT_CHUNK_ELEMENTS // max(1, len(statements)))
+    for i0 in range(0, len(scenes), rows):
+        chunk = slice(i0, i0 + rows)
+        # held[m][o][i, t] = statements of mention m of caption t that hold for object o of image i
+        held = [
+            [np.take(per_mention[o][chunk], mention_of[:, m], axis=1) for o in range(_MAX_OBJECTS)]
+            for m in range(_MAX_OBJECTS)
+        ]
+        # the best one-to-one assignment of mentions to objects: a written-out max over the 6 orders
+        best = None
+        for order in _PERMUTATIONS:
+            total = held[0][order[0]] + held[1][order[1]]
+            total += held[2][order[2]]
+            best = total if best is None else np.maximum(best, total, out=best)
+        for a in range(cap_bg.shape[1]):
+            best += cap_bg[None, :, a] == img_bg[chunk, None, a]
+        best += cap_count[None] == img_count[chunk, None]
+        out[chunk] = best / stated[None]
     return out
 
 
