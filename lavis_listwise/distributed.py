@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import re
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -80,12 +79,6 @@ def is_launched_distributed() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: Default of ``run.dist_timeout``: how long a collective waits for the other ranks, in seconds.
 DEFAULT_DIST_TIMEOUT_S = 1800
 
@@ -141,9 +134,8 @@ def init_distributed(run_cfg) -> None:
     else:
         if use_cuda:
             torch.cuda.set_device(0)
-        dist.init_process_group(
-            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, timeout=timeout
-        )
+        # an in-memory store: a one-process group needs no rendezvous, so no port that another job could take
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         run_cfg.distributed, run_cfg.rank, run_cfg.world_size, run_cfg.gpu = False, 0, 1, 0
 
 

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.config_check import model_keys
-from lavis_listwise.distributed import _free_port
 from lavis_listwise.errors import ConfigError
 from lavis_listwise.evaluation import (
     RerankView,
@@ -49,7 +48,7 @@ def one_process_group():
     if dist.is_initialized():
         yield
         return
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 

@@ -32,9 +32,10 @@ def _cli(*args, timeout=600, env=None, preexec_fn=None, launcher=None):
     )
 
 
-def _torchrun(port: int) -> list[str]:
-    """``torchrun`` with two local processes; the caller appends the module and its arguments."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+def _torchrun() -> list[str]:
+    """``torchrun`` with two local processes; the caller appends the module and its arguments.
+    ``--standalone`` binds a free port itself: a fixed one collides with a second test run beside this one."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 def _assert_user_error(out, *needles):
@@ -177,12 +178,12 @@ def test_quick_demo_gives_the_same_numbers_with_a_cold_and_a_warm_cache(tmp_path
 @pytest.mark.slow
 def test_two_process_resume_equals_the_uninterrupted_run(tmp_path, run_yaml):
     """gloo on CPU: 2 epochs in one go == epoch 0, then a resume from its checkpoint, bit for bit."""
-    launcher = _torchrun(29531) + ["-m", "lavis_listwise"]
+    launcher = _torchrun() + ["-m", "lavis_listwise"]
     out = _cli("train", "--cfg-path", str(run_yaml), "--job-id", "straight", "--options",
                "run.max_epoch=2", "run.keep_epoch_checkpoints=true", launcher=launcher)  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
     straight = tmp_path / "out" / "straight"
-    launcher = _torchrun(29532) + ["-m", "lavis_listwise"]
+    launcher = _torchrun() + ["-m", "lavis_listwise"]
     out = _cli("train", "--cfg-path", str(run_yaml), "--job-id", "resumed", "--options", "run.max_epoch=2",
                f"run.resume_ckpt_path={straight / 'epoch_0.pth'}", launcher=launcher)  # fmt: skip
     assert out.returncode == 0, out.stderr[-4000:]
@@ -221,7 +222,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 @pytest.mark.slow
 def test_a_stalled_rank_ends_the_job_within_dist_timeout(tmp_path, run_yaml):
     timeout_s = 10
-    cmd = _torchrun(29533) + ["-m", "lavis_listwise", "train", "--cfg-path", str(run_yaml), "--job-id", "job",
+    cmd = _torchrun() + ["-m", "lavis_listwise", "train", "--cfg-path", str(run_yaml), "--job-id", "job",
                               "--options", "run.max_epoch=1000", f"run.dist_timeout={timeout_s}"]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
