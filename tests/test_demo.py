@@ -1,19 +1,34 @@
-"""``lavis-listwise demo --quick`` end to end, in a subprocess, as a user runs it."""
+"""``lavis-listwise demo --quick`` end to end, in a subprocess, as a user runs it: its outputs, and the
+same numbers again from a warm cache."""
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 
-def test_demo_quick_end_to_end(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "lavis_listwise", "demo", "--quick", "--output-dir", str(tmp_path / "out"),
-         "--data-dir", str(tmp_path / "data")],
+def _quick_demo(root, run: str) -> subprocess.CompletedProcess:
+    """``demo --quick`` writing to ``root/run``, with its data and cache under ``root``."""
+    return subprocess.run(
+        [sys.executable, "-m", "lavis_listwise", "demo", "--quick", "--output-dir", str(root / run),
+         "--data-dir", str(root / "data")],
         capture_output=True, text=True, timeout=300,
-        env={**__import__("os").environ, "LAVIS_LISTWISE_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "LAVIS_LISTWISE_CACHE": str(root / "cache")},
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cold_demo(tmp_path_factory):
+    """The quick demo run once from nothing: no data, an empty cache."""
+    root = tmp_path_factory.mktemp("demo")
+    return root, _quick_demo(root, "cold")
+
+
+def test_demo_quick_end_to_end(cold_demo):
+    tmp_path, out = cold_demo
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     table = out.stdout[out.stdout.index("metric ") :]
     for key in (
@@ -28,7 +43,7 @@ def test_demo_quick_end_to_end(tmp_path):
     ):
         assert key in table
     assert "[demo] elapsed:" in out.stdout
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = json.loads((tmp_path / "cold" / "results.json").read_text())
     pairwise, listwise = results["mean"]["pairwise"], results["mean"]["listwise"]
     for key, diff in results["mean"]["difference"].items():
         assert abs(diff - (listwise[key] - pairwise[key])) < 1e-9
@@ -60,9 +75,19 @@ def test_demo_quick_end_to_end(tmp_path):
         assert 10 / n_images - 1e-9 <= c["top10_share"] <= 1 and 0 <= c["never_retrieved"] < 1, c
         assert results["concentration"]["mean"][name] == c  # one seed: the mean is that seed
     assert "top-5 concentration on test" in out.stdout
-    picture = Image.open(tmp_path / "out" / "rankings.png")
+    picture = Image.open(tmp_path / "cold" / "rankings.png")
     assert picture.width > 800 and picture.height > 300
     # both runs went through LAVIS's runner: each has its own run directory with metrics
-    assert (tmp_path / "out" / "seed0-pairwise" / "metrics.jsonl").is_file()
-    assert (tmp_path / "out" / "seed0-listwise" / "metrics.jsonl").is_file()
+    assert (tmp_path / "cold" / "seed0-pairwise" / "metrics.jsonl").is_file()
+    assert (tmp_path / "cold" / "seed0-listwise" / "metrics.jsonl").is_file()
     assert list((tmp_path / "cache").glob("captions-*.emb"))  # RSC cache under LAVIS_LISTWISE_CACHE
+
+
+def test_quick_demo_gives_the_same_numbers_with_a_cold_and_a_warm_cache(cold_demo):
+    root, cold = cold_demo
+    assert cold.returncode == 0, cold.stderr[-4000:]
+    assert list((root / "cache").glob("captions-*.emb"))  # the cold run wrote the caption cache
+    warm = _quick_demo(root, "warm")
+    assert warm.returncode == 0, warm.stderr[-4000:]
+    results = [json.loads((root / run / "results.json").read_text()) for run in ("cold", "warm")]
+    assert results[0]["per_seed"] == results[1]["per_seed"]

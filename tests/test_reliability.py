@@ -155,25 +155,6 @@ def test_a_saved_rng_state_loads_weights_only_and_restores_every_generator(tmp_p
     assert np.array_equal(drawn[0], again[0]) and drawn[1] == again[1] and torch.equal(drawn[2], again[2])
 
 
-def test_quick_demo_gives_the_same_numbers_with_a_cold_and_a_warm_cache(tmp_path):
-    env = {"LAVIS_LISTWISE_CACHE": str(tmp_path / "cache")}
-    results = []
-    for run in ("cold", "warm"):
-        out = _cli(
-            "demo",
-            "--quick",
-            "--output-dir",
-            str(tmp_path / run),
-            "--data-dir",
-            str(tmp_path / "data"),
-            env=env,
-        )
-        assert out.returncode == 0, out.stderr[-4000:]
-        results.append(json.loads((tmp_path / run / "results.json").read_text()))
-    assert list((tmp_path / "cache").glob("captions-*.emb"))  # the second run read the cache
-    assert results[0]["per_seed"] == results[1]["per_seed"]
-
-
 # ---------------------------------------------------------------------------- 5. exact resume, 2 ranks
 @pytest.mark.slow
 def test_two_process_resume_equals_the_uninterrupted_run(tmp_path, run_yaml):
