@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 import lavis_listwise  # noqa: F401
 from lavis_listwise.datasets.retrieval_listwise import ListwiseRetrievalEvalDataset
 from lavis_listwise.demo.synthetic import relevance_file
-from lavis_listwise.errors import ConfigError
+from lavis_listwise.errors import CheckpointError, ConfigError
 from lavis_listwise.evaluation import RerankView, compute_sim_matrix_itc, reranks_with_itm
 from lavis_listwise.losses import bidirectional_smooth_ndcg_loss
 from lavis_listwise.models.clip_retrieval_listwise import (
@@ -219,6 +219,25 @@ def test_itc_only_scores_equal_lavis_clip_compute_sim_matrix(tiny_dataset):
         assert ours.dtype == np.float32 and ours.shape == lavis.shape
         np.testing.assert_allclose(ours, lavis, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(fold_i2t, i2t[[1, 3]][:, [0, 4, 9]])  # a view is a slice: no re-ranking
+
+
+def test_a_finetuned_checkpoint_must_fit_the_model_exactly(tmp_path):
+    trained = tiny(seed=1)
+    state = trained.state_dict()
+    torch.save({"model": state}, tmp_path / "full.pth")
+    cfg = tiny_cfg()
+    cfg.load_finetuned, cfg.finetuned = True, str(tmp_path / "full.pth")
+    torch.testing.assert_close(ClipRetrievalListwise.from_config(cfg).state_dict(), state)
+    # LAVIS's load_checkpoint would load these with strict=False and log the missing keys only
+    partial = {k: v for k, v in state.items() if not k.startswith("visual.")}
+    torch.save({"model": partial}, tmp_path / "partial.pth")
+    cfg.finetuned = str(tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"model\.finetuned: .*partial\.pth.*missing keys: visual\."):
+        ClipRetrievalListwise.from_config(cfg)
+    torch.save({"model": {**state, "text_head.weight": torch.zeros(1)}}, tmp_path / "extra.pth")
+    cfg.finetuned = str(tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys: none; unexpected keys: text_head\.weight"):
+        ClipRetrievalListwise.from_config(cfg)
 
 
 def test_train_validate_test_from_yaml(tmp_path, tiny_dataset):

@@ -283,6 +283,28 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
         model.load_state_dict(load_state_dict(os.path.expanduser(str(pretrained))))
         return model
 
+    # Replaces BaseModel.load_checkpoint (model.finetuned): LAVIS loads with strict=False and only logs
+    # missing keys, so a checkpoint of another architecture or a truncated state dict loaded silently.
+    def load_checkpoint(self, url_or_filename: str):
+        """Load ``model.finetuned`` as LAVIS does, then refuse a partial fit: a CLIP checkpoint
+        (``runner_listwise``'s or LAVIS's runner's) holds exactly this model's keys.
+
+        Raises:
+            CheckpointError: keys of the model are missing from the checkpoint, or it has others.
+        """
+        loaded = super().load_checkpoint(url_or_filename)
+        if loaded.missing_keys or loaded.unexpected_keys:
+
+            def first(keys: list[str]) -> str:
+                return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "") or "none"
+
+            raise CheckpointError(
+                f"model.finetuned: {url_or_filename} does not fit this model (model.model_type / "
+                f"model.model_config): missing keys: {first(loaded.missing_keys)}; unexpected keys: "
+                f"{first(loaded.unexpected_keys)}"
+            )
+        return loaded
+
     def logit_scale_exp(self) -> Tensor:
         """Scalar ``logit_scale.exp()``, with the parameter first clamped in place to
         ``ln(max_logit_scale)``.
