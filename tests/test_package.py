@@ -117,6 +117,14 @@ def test_a_bad_cfg_path_is_one_line_naming_the_file(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_cfg_path_is_the_only_line_on_stderr_of_a_fresh_process(tmp_path):
+    # in a fresh process importing LAVIS (as every command does) must add no deprecation notices
+    missing = tmp_path / "missing.yaml"
+    out = _run("-m", "lavis_listwise", "evaluate", "--cfg-path", str(missing))
+    assert out.returncode == 1
+    assert out.stderr == f"lavis-listwise: error: --cfg-path: '{missing}' does not exist\n", out.stderr
+
+
 def test_lavis_listwise_traceback_shows_the_error_itself(tmp_path, monkeypatch):
     from lavis_listwise.errors import ConfigError
 
