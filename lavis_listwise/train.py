@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import random
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,25 +100,26 @@ def _collectives_named(run_cfg):
         ) from err
 
 
-def train(args: argparse.Namespace) -> dict | None:
-    """LAVIS's train.py: train, validate and test; the process group it set up is destroyed at the end."""
+def _run_and_report(
+    args: argparse.Namespace, run: Callable[[Any], dict | None], results_name: str
+) -> dict | None:
+    """Build the run, ``run(runner)``, write and print its results; the process group the run set up
+    is destroyed at the end, whatever happens."""
     from .distributed import process_group_released
 
     with process_group_released():
         runner = build_run(args)
         with _collectives_named(runner.config.run_cfg):
-            logs = runner.train()
-        _report_results(runner, logs, "test_results.json")
+            logs = run(runner)
+        _report_results(runner, logs, results_name)
     return logs
+
+
+def train(args: argparse.Namespace) -> dict | None:
+    """LAVIS's train.py: train, validate and test."""
+    return _run_and_report(args, lambda runner: runner.train(), "test_results.json")
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
-    """LAVIS's evaluate.py: test the configured model; the process group it set up is destroyed at the end."""
-    from .distributed import process_group_released
-
-    with process_group_released():
-        runner = build_run(args)
-        with _collectives_named(runner.config.run_cfg):
-            logs = runner.evaluate(skip_reload=True)
-        _report_results(runner, logs, "evaluate_results.json")
-    return logs
+    """LAVIS's evaluate.py: test the configured model."""
+    return _run_and_report(args, lambda runner: runner.evaluate(skip_reload=True), "evaluate_results.json")

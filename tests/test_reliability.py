@@ -204,7 +204,7 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 def test_a_stalled_rank_ends_the_job_within_dist_timeout(tmp_path, run_yaml):
     timeout_s = 10
     cmd = _torchrun() + ["-m", "lavis_listwise", "train", "--cfg-path", str(run_yaml), "--job-id", "job",
-                              "--options", "run.max_epoch=1000", f"run.dist_timeout={timeout_s}"]  # fmt: skip
+                         "--options", "run.max_epoch=1000", f"run.dist_timeout={timeout_s}"]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,
