@@ -15,9 +15,24 @@ recorded in ``tests/data/stack_reference.json``, and asserts they agree:
   gradient norm, then the loss of a second step after AdamW (momentum encoders and queues updated);
 - ITM scores in eval mode and the sentence encoder's caption embeddings (RSC relevance input).
 
-Weights must match bit for bit (same torch, same RNG draws); floats computed through a different
-transformers/opencv release are compared to float tolerance. Re-record (on Python 3.11 only, in the
-3.11 venv) with ``python tests/test_stack_equivalence.py --record``.
+Two references, because what a stack must equal is the 3.11 stack *on the same machine*:
+
+- ``this machine`` (``$LAVIS_LISTWISE_STACK_REFERENCE``): a file the 3.11 stack recorded on this machine,
+  in this run (``.ci/run`` records it before both suites start). Initial weights must match it bit for
+  bit (same torch, same RNG draws, same CPU). Unset: those tests are skipped (outside CI).
+- ``stored`` (``tests/data/stack_reference.json``, recorded once on one machine): initial weights are
+  compared per tensor (names, shapes, element counts and integer tensors exactly; the float sum, the sum
+  of absolute values and 8 sampled elements within :data:`WEIGHT_ULPS` units in the last place), since
+  their last bits depend on the machine: a fresh machine of the CI kind drew timm's truncated-normal ViT
+  weights one float32 ulp apart from the recording machine (``visual_encoder.cls_token`` sum
+  -0.0941533361 there vs -0.0941533342 here, a 2e-8 relative gap; every normal_-initialised BERT tensor
+  identical), with the same torch, on either stack and under any ``OMP_NUM_THREADS`` /
+  ``ATEN_CPU_CAPABILITY``.
+
+Everything else is compared to the stored reference only: token ids exactly, processed images to 1e-6,
+floats computed through a different transformers/opencv release to float tolerance. Record (on Python
+3.11 only, in the 3.11 venv) with ``python tests/test_stack_equivalence.py --record [PATH]`` (default
+PATH: the stored reference).
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import platform
 import random
 import sys
@@ -83,11 +99,66 @@ def _state_digest(model: torch.nn.Module) -> dict:
     }
 
 
-def _sums(model: torch.nn.Module) -> dict:
-    """Per-tensor float sums: says which tensor differs when the digest does not match."""
-    return {
-        n: float(t.double().sum()) for n, t in sorted(model.state_dict().items()) if t.is_floating_point()
-    }
+#: Elements sampled per tensor (evenly spaced over the flattened tensor) for the stored comparison.
+SAMPLES = 8
+#: Units in the last place each float32 weight may differ from the stored reference (another machine):
+#: one observed (see the module docstring), four allowed. Sums are held to the same per-element bound:
+#: ``|sum - ref| <= WEIGHT_ULPS * 2**-23 * sum(|w|)``, which a real stack difference (other RNG draws,
+#: another initialiser) misses by orders of magnitude, and so does one weight moved by 1e-3 in a tiny
+#: model (the largest tensor's bound there is about 1e-4).
+WEIGHT_ULPS = 4
+
+
+def _tensor_summaries(model: torch.nn.Module) -> dict:
+    """Per tensor: shape, dtype, then float sum, sum of |w| and :data:`SAMPLES` elements (float
+    tensors), or the exact integer sum (integer tensors). Says which tensor differs, and allows the
+    machine-dependent last bits of :data:`WEIGHT_ULPS`."""
+    out = {}
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu()
+        entry = {"shape": list(t.shape), "dtype": str(t.dtype)}
+        if t.is_floating_point():
+            flat = t.double().flatten()
+            k = min(SAMPLES, flat.numel())
+            pick = torch.arange(k) * (flat.numel() - 1) // max(1, k - 1)  # integer: exact at any size
+            entry.update(sum=float(flat.sum()), abs_sum=float(flat.abs().sum()), samples=flat[pick].tolist())
+        else:
+            entry["int_sum"] = int(t.long().sum())
+        out[name] = entry
+    return out
+
+
+def weight_differences(got: dict, want: dict, exact: bool) -> list[str]:
+    """The tensors whose summaries differ, with how (``[]``: equal). ``exact``: bit for bit (the
+    digest); else shapes and integer tensors exactly and floats within :data:`WEIGHT_ULPS` ulps."""
+    if exact:
+        if got["digest"] == want["digest"]:
+            return []
+        return ["state digest differs: " + ", ".join(_summary_differences(got, want, ulps=0)[:10])]
+    return _summary_differences(got, want, ulps=WEIGHT_ULPS)
+
+
+def _summary_differences(got: dict, want: dict, ulps: int) -> list[str]:
+    g, w = got["tensors"], want["tensors"]
+    out = [f"{n}: missing here" for n in sorted(w.keys() - g.keys())]
+    out += [f"{n}: not in the reference" for n in sorted(g.keys() - w.keys())]
+    rel = ulps * 2.0**-23
+    for name in sorted(g.keys() & w.keys()):
+        a, b = g[name], w[name]
+        if (a["shape"], a["dtype"]) != (b["shape"], b["dtype"]):
+            out.append(f"{name}: {a['shape']} {a['dtype']} vs {b['shape']} {b['dtype']}")
+        elif "int_sum" in b:
+            if a["int_sum"] != b["int_sum"]:
+                out.append(f"{name}: integer sum {a['int_sum']} vs {b['int_sum']}")
+        else:
+            bound = rel * b["abs_sum"]
+            for key in ("sum", "abs_sum"):
+                if abs(a[key] - b[key]) > bound:
+                    out.append(f"{name}: {key} {a[key]!r} vs {b[key]!r} (allowed {bound:.3g})")
+            far = [(x, y) for x, y in zip(a["samples"], b["samples"]) if abs(x - y) > rel * abs(y) + 1e-45]
+            if far:
+                out.append(f"{name}: sampled element {far[0][0]!r} vs {far[0][1]!r}")
+    return out
 
 
 #: The tiny models, spelled out (not read from configs/models/*_tiny.yaml) so that editing those YAMLs
@@ -205,7 +276,7 @@ def processors() -> dict:
 
 def initial_weights(arch: str, model_type: str) -> dict:
     model = _build(arch, model_type)
-    return {"digest": _state_digest(model), "sums": _sums(model) if model_type == "tiny" else None}
+    return {"digest": _state_digest(model), "tensors": _tensor_summaries(model)}
 
 
 def train_step(arch: str) -> dict:
@@ -275,6 +346,7 @@ def record() -> dict:
             "transformers": transformers.__version__,
             "timm": timm.__version__,
             "numpy": np.__version__,
+            "machine": f"{platform.machine()} {_cpu_model()}",
         },
         "tokens": tokens(),
         "processors": processors(),
@@ -289,12 +361,40 @@ def record() -> dict:
     return ref
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), recorded for the reader: the stored weights' last bits depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 # -- tests -----------------------------------------------------------------------------------------
+
+#: A reference the 3.11 stack recorded on this machine (``.ci/run`` sets it); unset outside CI.
+LOCAL_REFERENCE_ENV = "LAVIS_LISTWISE_STACK_REFERENCE"
 
 
 @pytest.fixture(scope="module")
 def ref() -> dict:
     return json.loads(REFERENCE.read_text())
+
+
+@pytest.fixture(scope="module", params=["stored", "this machine"])
+def weight_ref(request, ref) -> tuple[dict, bool]:
+    """``(reference, exact)``: the stored reference within :data:`WEIGHT_ULPS`, or this machine's 3.11
+    recording bit for bit."""
+    if request.param == "stored":
+        return ref, False
+    path = os.environ.get(LOCAL_REFERENCE_ENV)
+    if not path:
+        pytest.skip(f"${LOCAL_REFERENCE_ENV} unset: no 3.11 recording from this machine (CI sets it)")
+    local = json.loads(Path(path).read_text())
+    assert local["recorded_with"]["python"].startswith("3.11"), path
+    return local, True
 
 
 def test_reference_comes_from_the_311_stack(ref):
@@ -331,22 +431,46 @@ def test_sentence_encoder_embeddings(ref):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tiny_initial_weights_are_identical(ref, arch):
-    got, want = initial_weights(arch, "tiny"), ref[arch]["tiny"]
-    if got["digest"] != want["digest"]:
-        differ = sorted(
-            k for k in want["sums"].keys() | got["sums"].keys() if got["sums"].get(k) != want["sums"].get(k)
-        )
-        pytest.fail(f"initial weights differ from the 3.11 stack in {len(differ)} tensors: {differ[:10]}")
+def test_tiny_initial_weights_are_identical(weight_ref, arch):
+    want, exact = weight_ref
+    differ = weight_differences(initial_weights(arch, "tiny"), want[arch]["tiny"], exact)
+    assert not differ, f"initial weights differ from the 3.11 stack in {len(differ)} tensors: {differ[:10]}"
+
+
+def test_weight_comparison_allows_last_bits_and_catches_a_real_difference():
+    """The stored comparison passes every weight moved by one ulp (what another machine gives), and
+    fails one weight moved by 1e-3 and a model drawn with another seed (what another stack would give)."""
+    arch = ARCHS[0]
+    model = _build(arch)
+    want = {"digest": _state_digest(model), "tensors": _tensor_summaries(model)}
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                # every drawn value one ulp up (exact zeros, e.g. biases, stay: no draw makes them)
+                t.copy_(torch.where(t != 0, torch.nextafter(t, torch.full_like(t, float("inf"))), t))
+        one_ulp = {"digest": _state_digest(model), "tensors": _tensor_summaries(model)}
+        assert weight_differences(one_ulp, want, exact=False) == []
+        assert weight_differences(one_ulp, want, exact=True)
+        model.visual_encoder.blocks[0].attn.qkv.weight[3, 5] += 1e-3
+        moved = {"digest": _state_digest(model), "tensors": _tensor_summaries(model)}
+    assert {d.split(":")[0] for d in weight_differences(moved, want, exact=False)} == {
+        "visual_encoder.blocks.0.attn.qkv.weight"
+    }
+    other_seed = _build(arch, seed=1)
+    other = {"digest": _state_digest(other_seed), "tensors": _tensor_summaries(other_seed)}
+    assert len(weight_differences(other, want, exact=False)) > 10
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
-def test_base_size_construction_is_identical(ref, arch):
+def test_base_size_construction_is_identical(weight_ref, arch):
     # COCO config (ViT-B/16 at 384 px, BERT-base), weights from scratch, nothing downloaded.
-    got, want = initial_weights(arch, "coco")["digest"], ref[arch]["base"]["digest"]
-    assert got["shapes_sha256"] == want["shapes_sha256"] and got["numel"] == want["numel"], (got, want)
-    assert got == want
+    want, exact = weight_ref
+    got = initial_weights(arch, "coco")
+    assert got["digest"]["shapes_sha256"] == want[arch]["base"]["digest"]["shapes_sha256"]
+    assert got["digest"]["numel"] == want[arch]["base"]["digest"]["numel"]
+    differ = weight_differences(got, want[arch]["base"], exact)
+    assert not differ, f"base-size weights differ from the 3.11 stack in {len(differ)} tensors: {differ[:10]}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -368,13 +492,14 @@ def test_train_step_losses_and_gradients(ref, arch):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--record"]:
-        sys.exit("usage: python tests/test_stack_equivalence.py --record   (on the Python 3.11 stack)")
-    import os
-
+    if sys.argv[1:2] != ["--record"] or len(sys.argv) > 3:
+        sys.exit("usage: python tests/test_stack_equivalence.py --record [PATH]   (on the Python 3.11 stack)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if sys.version_info[:2] != (3, 11):
         sys.exit("record the reference on the Python 3.11 stack (LAVIS's own pins)")
-    REFERENCE.write_text(json.dumps(record(), indent=1) + "\n")
-    print(f"wrote {REFERENCE}")
+    out = Path(sys.argv[2]) if len(sys.argv) == 3 else REFERENCE
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record(), indent=1) + "\n")
+    os.replace(tmp, out)  # never a half-written reference
+    print(f"wrote {out}")
