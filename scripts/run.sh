@@ -3,8 +3,9 @@
 #   bash scripts/run.sh demo         the main job: pairwise vs listwise on synthetic data (CPU, ~5 min)
 #   bash scripts/run.sh test         pre-commit on every file, then the whole pytest suite
 #   bash scripts/run.sh setup        only set up the venv with the dev tools (what `test` does first)
-# Environment: PYTHON (default python3.11, else python3; 3.11, 3.12 and 3.13 are tested),
-# LAVIS_LISTWISE_VENV (default .venv for Python 3.11, .venv-py3.12 / .venv-py3.13 for the others).
+# Environment (docs/setup.md has each variable with examples): PYTHON (default python3.11, else python3;
+# 3.11, 3.12 and 3.13 are tested), LAVIS_LISTWISE_VENV (default .venv for Python 3.11, .venv-py3.12 /
+# .venv-py3.13 for the others; absolute, or relative to the repository root, like a relative PYTHON path).
 # Two stacks (README, "Python versions"): Python 3.11 installs LAVIS 1.0.2 with its own pins
 # (constraints.txt); 3.12 and 3.13 install LAVIS with --no-deps next to current transformers 4.x, timm,
 # numpy 2 and opencv 4.x (constraints-py312.txt), since LAVIS's pins have no wheels there.
@@ -30,6 +31,57 @@ case "$pyver" in
     ;;
 esac
 venv=${LAVIS_LISTWISE_VENV:-$([ "$pyver" = 3.11 ] && echo .venv || echo ".venv-py$pyver")}
+# Absolute from here on: it goes on PATH, where a relative directory would not be found.
+case "$venv" in /*) ;; *) venv=$PWD/$venv ;; esac
+
+# pip's report after an install on the 3.12+ stack lists salesforce-lavis's pins that the stack
+# replaces on purpose ("ERROR: pip's dependency resolver does not currently take into account ...").
+# Those lines become one line saying so; any other line of the report (another package's conflict,
+# or a LAVIS requirement not in these lists) is printed in full, with pip's ERROR header. Every other
+# line of pip's stderr passes through as it comes.
+replaced_pins="transformers timm opencv-python-headless"  # no Python 3.12+ wheels: constraints-py312.txt
+left_out="streamlit plotly ipython opendatasets pre-commit wheel"  # LAVIS's app and dev tools: setup.cfg
+pip_report_filter() {
+  awk -v replaced=" $replaced_pins " -v left_out=" $left_out " '
+    function flush(  i) {
+      if (!inblock) return
+      if (swapped != "" && missing != "") swapped = swapped ";"
+      if (swapped != "" || missing != "")
+        print "==> pip lists salesforce-lavis 1.0.2 pins this stack replaces on purpose (docs/setup.md):" \
+          (swapped == "" ? "" : " no Python 3.12+ wheels, so" swapped) \
+          (missing == "" ? "" : " its app/dev tools, left out:" missing)
+      fflush()
+      if (n) { print header > "/dev/stderr"; for (i = 1; i <= n; i++) print other[i] > "/dev/stderr" }
+      inblock = 0; swapped = ""; missing = ""; n = 0
+    }
+    /^ERROR: pip.s dependency resolver does not currently take into account/ {
+      flush(); inblock = 1; header = $0; next
+    }
+    inblock && / requires / {
+      if ($1 == "salesforce-lavis" && $3 == "requires" && match($4, /^[A-Za-z0-9._-]+/)) {
+        name = tolower(substr($4, 1, RLENGTH)); req = substr($4, 1, length($4) - 1)
+        if (index(replaced, " " name " ") && $0 ~ /, but you have .* which is incompatible\.$/) {
+          swapped = swapped (swapped == "" ? " " : ", ") req " -> " $(NF - 3); next
+        }
+        if (index(left_out, " " name " ") && $0 ~ /, which is not installed\.$/) {
+          missing = missing (missing == "" ? " " : ", ") req; next
+        }
+      }
+      other[++n] = $0; next
+    }
+    { flush(); print > "/dev/stderr" }
+    END { flush() }
+  '
+}
+pip_install() {
+  if [ "$pyver" = 3.11 ]; then
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" "$@"
+  else
+    # pip's stderr through the filter (back to stderr, but for the one line), its stdout as it is
+    { "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" "$@" \
+      2>&1 >&3 3>&- | pip_report_filter 3>&-; } 3>&1
+  fi
+}
 
 setup() {  # $1: "base" or "dev"
   if [ ! -x "$venv/bin/python" ]; then
@@ -47,22 +99,20 @@ setup() {  # $1: "base" or "dev"
   extra=$([ "$1" = dev ] && echo "[dev]" || true)
   echo "==> installing into $venv (Python $pyver, $constraints): torch + torchvision first, then lavis-listwise$extra"
   # torch and torchvision must come from the same release pair, installed together and first.
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" \
-    torch==2.14.1 torchvision==0.29.1
+  pip_install torch==2.14.1 torchvision==0.29.1
   if [ "$pyver" != 3.11 ]; then
     # LAVIS without its pins; for Python >= 3.12 setup.cfg lists the dependencies of LAVIS's code.
-    echo "==> salesforce-lavis 1.0.2 with --no-deps (pip then reports its unmet pins: expected)"
-    "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" --no-deps \
-      salesforce-lavis==1.0.2
+    echo "==> salesforce-lavis 1.0.2 with --no-deps, then lavis-listwise's dependencies in place of its pins"
+    pip_install --no-deps salesforce-lavis==1.0.2
   fi
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q -c "$constraints" -e ".$extra"
+  pip_install -e ".$extra"
   echo "$digest" > "$stamp"
   [ "$1" = dev ] && echo "$digest" > "$venv/.lavis-listwise-base"
   return 0
 }
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export PATH="$PWD/$venv/bin:$PATH"
+export PATH="$venv/bin:$PATH"
 
 case "${1:-}" in
   demo)
