@@ -3,6 +3,7 @@ agreement of a training relevance with it, and its wiring through the task's YAM
 
 import argparse
 import json
+import math
 import random
 from pathlib import Path
 
@@ -225,6 +226,20 @@ def test_agreement_is_order_and_magnitude():
     tampered = gt.clone()
     tampered[annotated] = 0.0
     assert relevance_agreement(tampered, gt, annotated) == same
+
+
+def test_gain_quantiles_are_exact_past_two_to_the_24_pairs():
+    """torch.histc counts in float32, which stops at 2^24 = 16,777,216 per bin: at COCO scale (125M
+    pairs) the gain quantiles came out 1.0 where they are 0. 2^24 + 2^21 pairs (the first bin's count
+    stops at 89% of them, below the 90% quantile), all of gain 0 but 8 of 1."""
+    n = 2**24 + 2**21
+    relevance = torch.zeros(1, n)
+    relevance[0, :8] = 1.0
+    agreement = relevance_agreement(relevance, torch.zeros(1, n))
+    assert (agreement["gain_p10"], agreement["gain_p50"], agreement["gain_p90"]) == (0.0, 0.0, 0.0)
+    graded = torch.arange(1001, dtype=torch.float32).div_(1000).log1p_().div_(math.log(2)).view(1, -1)
+    exact = relevance_agreement(graded, torch.zeros_like(graded))  # gains 0, 0.001, ..., 1
+    assert (exact["gain_p10"], exact["gain_p50"], exact["gain_p90"]) == (0.1, 0.5, 0.9)
 
 
 # ----------------------------------------------------------------------------- through the task's YAML
