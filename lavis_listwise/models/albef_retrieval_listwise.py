@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from lavis.models.albef_models.albef_outputs import AlbefIntermediateOutput, AlbefOutput, AlbefSimilarity
 from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
 
 from ..registration import register_once
+from .itm_fallback import OneImageBatchMixin
 from .listwise_mixin import ListwiseRetrievalMixin
 
 
 @register_once("model", "albef_retrieval_listwise")
-class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
+class AlbefRetrievalListwise(OneImageBatchMixin, ListwiseRetrievalMixin, AlbefRetrieval):
     """ALBEF retrieval with ``loss = loss_itc + loss_itm + weight * loss_listwise`` (``model.listwise``).
 
-    State dicts are key-compatible with ``albef_retrieval`` in both directions.
+    State dicts are key-compatible with ``albef_retrieval`` in both directions. A batch of one image
+    trains ITM on its positives only (:mod:`~lavis_listwise.models.itm_fallback`).
     """
 
     PRETRAINED_MODEL_CONFIG_DICT = {
@@ -22,6 +25,18 @@ class AlbefRetrievalListwise(ListwiseRetrievalMixin, AlbefRetrieval):
         "small": "configs/models/albef_retrieval_listwise_small.yaml",
     }
     blip_special_tokens = False
+    output_types = (AlbefOutput, AlbefSimilarity, AlbefIntermediateOutput)
+
+    def _itm_positive_output(self, text, text_embeds, image_embeds, image_atts):
+        """``AlbefRetrieval.forward``'s positive-pair pass: the fusion layers over the text outputs."""
+        return self.text_encoder(
+            encoder_embeds=text_embeds,
+            attention_mask=text.attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_atts,
+            return_dict=True,
+            mode="fusion",
+        )
 
     # Replaces AlbefRetrieval.from_config: custom encoders, model.listwise, local tokenizer (UPSTREAMING 8).
     @classmethod

@@ -47,7 +47,12 @@ from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad, rank_and_world
 from ..errors import ConfigError
 from ..registration import register_once
-from .builders import build_bert_tokenizer, build_vision_encoder, load_configured_checkpoint
+from .builders import (
+    build_bert_tokenizer,
+    build_vision_encoder,
+    load_configured_checkpoint,
+    refuse_unread_checkpoints,
+)
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
@@ -121,12 +126,14 @@ def blip2_itc_targets(image_ids: Tensor, all_image_ids: Tensor, offset: int) -> 
 class Blip2RetrievalIntermediateOutput(BlipIntermediateOutput):
     """LAVIS's ``BlipIntermediateOutput`` (``image_embeds``: the ViT tokens after ``ln_vision``
     ``[B, P, D]``; ``text_embeds``: the Q-Former text output ``[B, L, H]``; ``itm_logits`` ``[3B, 2]``,
-    ``itm_labels`` ``[3B]``) plus what the listwise term and the tests read.
+    ``itm_labels`` ``[3B]``; fewer rows when a batch of one image has no negative to draw) plus what
+    the listwise term and the tests read.
 
     Attributes:
         image_feats: ``[B, Q, E]`` normalised projected query outputs, with gradient.
         text_feat: ``[B, E]`` normalised projected [CLS] text output, with gradient.
-        itm_negative_images: ``[B]`` global-batch index of the image drawn as each caption's negative.
+        itm_negative_images: ``[B]`` global-batch index of the image drawn as each caption's negative
+            (``-1``: the global batch holds no other image; likewise ``itm_negative_texts``).
         itm_negative_texts: ``[B]`` global-batch index of the caption drawn as each image's negative.
     """
 
@@ -182,6 +189,7 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
             )
         # Read by the init_* hooks, which Blip2Qformer.__init__ calls before nn.Module attributes exist.
         object.__setattr__(self, "_vit_config", dict(vit_config or {}))
+        object.__setattr__(self, "_vit_model_name", vit_model)
         object.__setattr__(self, "_qformer_source", qformer_config)
         super().__init__(
             vit_model=vit_model,
@@ -213,6 +221,7 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
         """The model from a ``model`` config: LAVIS's ``blip2`` keys plus ``use_lm_loss``,
         ``qformer_config``, ``tokenizer``, ``listwise`` and, for ``vit_model: custom``, ``vit_embed_dim``,
         ``vit_depth``, ``vit_num_heads``, ``vit_patch_size``; then the configured checkpoint."""
+        refuse_unread_checkpoints(cls, cfg)  # before building: a config mistake costs no model
         model = cls(
             vit_model=cfg.get("vit_model", "eva_clip_g"),
             img_size=cfg.get("image_size"),
@@ -284,6 +293,11 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
         query_tokens = nn.Parameter(torch.zeros(1, num_query_token, encoder_config.hidden_size))
         query_tokens.data.normal_(mean=0.0, std=encoder_config.initializer_range)
         return qformer, query_tokens
+
+    def pretrained_may_lack(self) -> tuple[str, ...]:
+        """LAVIS's BLIP-2 pre-training checkpoint has no ViT weights: EVA ViT-g / CLIP ViT-L load their
+        own in ``init_vision_encoder``. A ``custom`` ViT has no other source."""
+        return () if self._vit_model_name == "custom" else ("visual_encoder.",)
 
     def listwise_features(self, output: BlipOutput) -> tuple[Tensor, Tensor]:
         """This rank's ``([B, Q, E] query features, [B, E] text features)``, as ITC uses them."""
@@ -372,22 +386,28 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
             weights_i2t = F.softmax(sim_i2t, dim=1) + 1e-4
             weights_i2t.masked_fill_(same_image, 0)
 
-        neg_images = [torch.multinomial(weights_t2i[b], 1).item() for b in range(bs)]  # one per caption
-        neg_texts = [torch.multinomial(weights_i2t[b], 1).item() for b in range(bs)]  # one per image
-        image_embeds_neg = torch.stack([image_embeds_world[i] for i in neg_images], dim=0)
-        text_ids_neg = torch.stack([text_input_ids_world[i] for i in neg_texts], dim=0)
-        text_atts_neg = torch.stack([text_attention_mask_world[i] for i in neg_texts], dim=0)
+        # A caption whose global batch holds no other image has no negative to draw (torch.multinomial
+        # over all-zero weights raises, UPSTREAMING 16): its row is left out; an image likewise.
+        rows_t2i = [b for b, ok in enumerate((weights_t2i.sum(1) > 0).tolist()) if ok]
+        rows_i2t = [b for b, ok in enumerate((weights_i2t.sum(1) > 0).tolist()) if ok]
+        neg_images = [torch.multinomial(weights_t2i[b], 1).item() for b in rows_t2i]  # one per caption
+        neg_texts = [torch.multinomial(weights_i2t[b], 1).item() for b in rows_i2t]  # one per image
+        image_embeds_neg = _stack_rows(image_embeds_world, neg_images)
+        text_ids_neg = _stack_rows(text_input_ids_world, neg_texts)
+        text_atts_neg = _stack_rows(text_attention_mask_world, neg_texts)
 
         text_ids_all = torch.cat(
-            [text_tokens.input_ids, text_tokens.input_ids, text_ids_neg], dim=0
+            [text_tokens.input_ids, _rows(text_tokens.input_ids, rows_t2i), text_ids_neg], dim=0
         )  # pos, pos, neg
         text_atts_all = torch.cat(
-            [text_tokens.attention_mask, text_tokens.attention_mask, text_atts_neg], dim=0
+            [text_tokens.attention_mask, _rows(text_tokens.attention_mask, rows_t2i), text_atts_neg], dim=0
         )
         query_tokens_itm = self.query_tokens.expand(text_ids_all.shape[0], -1, -1)
         query_atts_itm = torch.ones(query_tokens_itm.size()[:-1], dtype=torch.long).to(image.device)
         attention_mask_all = torch.cat([query_atts_itm, text_atts_all], dim=1)
-        image_embeds_all = torch.cat([image_embeds, image_embeds_neg, image_embeds], dim=0)  # pos, neg, pos
+        image_embeds_all = torch.cat(
+            [image_embeds, image_embeds_neg, _rows(image_embeds, rows_i2t)], dim=0
+        )  # pos, neg, pos
         image_atts_all = torch.ones(image_embeds_all.size()[:-1], dtype=torch.long).to(image.device)
         output_itm = self.Qformer.bert(
             text_ids_all,
@@ -398,9 +418,10 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
             return_dict=True,
         )
         vl_embeddings = output_itm.last_hidden_state[:, : query_tokens_itm.size(1), :]
-        logits = self.itm_head(vl_embeddings).mean(dim=1)  # [3B, 2]
+        logits = self.itm_head(vl_embeddings).mean(dim=1)  # [3B, 2] (B + negatives)
+        n_neg = len(rows_t2i) + len(rows_i2t)
         itm_labels = torch.cat(
-            [torch.ones(bs, dtype=torch.long), torch.zeros(2 * bs, dtype=torch.long)], dim=0
+            [torch.ones(bs, dtype=torch.long), torch.zeros(n_neg, dtype=torch.long)], dim=0
         ).to(image.device)
         loss_itm = F.cross_entropy(logits, itm_labels)
 
@@ -437,11 +458,29 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
                 decoder_output=lm_output,
                 image_feats=image_feats,
                 text_feat=text_feat,
-                itm_negative_images=torch.tensor(neg_images, device=device),
-                itm_negative_texts=torch.tensor(neg_texts, device=device),
+                itm_negative_images=_scatter_rows(neg_images, rows_t2i, bs, device),
+                itm_negative_texts=_scatter_rows(neg_texts, rows_i2t, bs, device),
             ),
         )
         return self.add_listwise_term(output, samples)
+
+
+def _rows(tensor: Tensor, rows: list[int]) -> Tensor:
+    """``tensor[rows]``; ``tensor`` itself when ``rows`` is every row (the ordinary batch: same graph)."""
+    return tensor if len(rows) == len(tensor) else tensor[rows]
+
+
+def _stack_rows(source: Tensor, picks: list[int]) -> Tensor:
+    """``source``'s rows ``picks`` stacked as ``Blip2Qformer.forward`` stacks its negatives; empty when
+    there are none."""
+    return torch.stack([source[i] for i in picks], dim=0) if picks else source[:0]
+
+
+def _scatter_rows(picks: list[int], rows: list[int], n: int, device) -> Tensor:
+    """``[n]`` long: ``picks[k]`` at ``rows[k]``, ``-1`` in the rows that drew no negative."""
+    out = torch.full((n,), -1, dtype=torch.long)
+    out[rows] = torch.tensor(picks, dtype=torch.long)
+    return out.to(device)
 
 
 def _gather_detached(tensor: Tensor) -> Tensor:

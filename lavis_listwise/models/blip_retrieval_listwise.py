@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from lavis.models.blip_models.blip_outputs import BlipIntermediateOutput, BlipOutput, BlipSimilarity
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 
 from ..registration import register_once
+from .itm_fallback import OneImageBatchMixin
 from .listwise_mixin import ListwiseRetrievalMixin
 
 
 @register_once("model", "blip_retrieval_listwise")
-class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
+class BlipRetrievalListwise(OneImageBatchMixin, ListwiseRetrievalMixin, BlipRetrieval):
     """BLIP retrieval with ``loss = loss_itc + loss_itm + weight * loss_listwise`` (``model.listwise``).
 
-    State dicts are key-compatible with ``blip_retrieval`` in both directions.
+    State dicts are key-compatible with ``blip_retrieval`` in both directions. A batch of one image
+    trains ITM on its positives only (:mod:`~lavis_listwise.models.itm_fallback`).
     """
 
     PRETRAINED_MODEL_CONFIG_DICT = {
@@ -22,6 +25,19 @@ class BlipRetrievalListwise(ListwiseRetrievalMixin, BlipRetrieval):
         "small": "configs/models/blip_retrieval_listwise_small.yaml",
     }
     blip_special_tokens = True
+    output_types = (BlipOutput, BlipSimilarity, BlipIntermediateOutput)
+
+    def _itm_positive_output(self, text, text_embeds, image_embeds, image_atts):
+        """``BlipRetrieval.forward``'s positive-pair pass: the caption ids with ``[ENC]`` first."""
+        encoder_input_ids = text.input_ids.clone()
+        encoder_input_ids[:, 0] = self.tokenizer.enc_token_id
+        return self.text_encoder(
+            encoder_input_ids,
+            attention_mask=text.attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_atts,
+            return_dict=True,
+        )
 
     # Replaces BlipRetrieval.from_config: custom encoders, model.listwise, local tokenizer (UPSTREAMING 8).
     @classmethod

@@ -24,7 +24,8 @@ from lavis.models.med import XBertEncoder
 from lavis.models.vit import VisionTransformerEncoder
 from transformers import BertConfig, BertTokenizer
 
-from ..errors import ConfigError
+from ..config import MissingPathError
+from ..errors import CheckpointError, ConfigError
 from ..relevance.encoder import default_encoder_path
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "load_bert_weights",
     "TextInitReport",
     "load_configured_checkpoint",
+    "refuse_unread_checkpoints",
     "stock_twin",
 ]
 
@@ -154,12 +156,12 @@ def build_text_encoder(cfg, vision_width: int) -> XBertEncoder:
         raise ConfigError(f"model.text_pooling must be one of {list(TEXT_POOLINGS)}, got {pooling!r}")
     path = get_abs_path(cfg.get("med_config_path"))
     if not Path(path).is_file():
-        raise FileNotFoundError(f"model.med_config_path: {path!r} does not exist")
+        raise MissingPathError(f"model.med_config_path: {path!r} does not exist")
     med_config = BertConfig.from_json_file(path)
     overrides = dict(cfg.get("text_config") or {})
     unknown = sorted(k for k in overrides if not hasattr(med_config, k))
     if unknown:
-        raise ValueError(f"model.text_config: unknown BERT config key(s) {unknown}")
+        raise ConfigError(f"model.text_config: unknown BERT config key(s) {unknown} (not in {path})")
     init_dir = resolve_text_init(cfg.get("text_init"))
     init_layers = cfg.get("text_init_layers")
     if init_dir is None and init_layers is not None:
@@ -218,12 +220,12 @@ def resolve_text_init(source: str | None) -> Path | None:
     path = default_encoder_path() if source == BUNDLED_MINILM else Path(str(source)).expanduser()
     path = path.resolve()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"model.text_init: {str(path)!r} is not a directory with config.json: give a local "
             f"BERT-compatible checkpoint directory or {BUNDLED_MINILM!r}"
         )
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
-        raise FileNotFoundError(f"model.text_init: {str(path)!r} holds none of {list(_WEIGHT_FILES)}")
+        raise MissingPathError(f"model.text_init: {str(path)!r} holds none of {list(_WEIGHT_FILES)}")
     return path
 
 
@@ -349,12 +351,19 @@ def _layer_index(name: str) -> int | None:
 
 
 def _read_state_dict(init_dir: Path) -> dict[str, torch.Tensor]:
-    if (init_dir / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+    safetensors = init_dir / "model.safetensors"
+    weights = safetensors if safetensors.is_file() else init_dir / "pytorch_model.bin"
+    try:
+        if weights == safetensors:
+            from safetensors.torch import load_file
 
-        state = load_file(str(init_dir / "model.safetensors"))
-    else:
-        state = torch.load(init_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # SafetensorError, UnpicklingError, truncated zip archives, OSError...
+        raise CheckpointError(
+            f"model.text_init: cannot read {str(weights)!r}: {type(err).__name__}: {err}".replace("\n", " ")
+        ) from None
     renamed = {}
     for key, value in state.items():
         key = key.removeprefix("bert.")  # BertFor* checkpoints nest the BertModel under "bert."
@@ -425,6 +434,43 @@ def load_bert_weights(
     return TextInitReport(init_dir, layers, loaded, new, new_vocab_rows, unused, folded)
 
 
+def _default_model_values(model_cls, cfg, key: str) -> list:
+    """``model.<key>`` of ``model.model_type``'s default YAML (what the run gets without setting it); of
+    every type's when the config does not say (``from_pretrained`` passes the default YAML alone)."""
+    from omegaconf import OmegaConf
+
+    types = getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {})
+    model_type = cfg.get("model_type")
+    names = [model_type] if model_type in types else list(types)
+    return [OmegaConf.load(model_cls.default_config_path(name)).model.get(key) for name in names]
+
+
+def refuse_unread_checkpoints(model_cls, cfg) -> None:
+    """A :class:`ConfigError` when the user set a checkpoint the run would not read: ``model.finetuned``
+    with ``model.load_finetuned: False``, or (where ``pretrained`` is only read without a fine-tuned
+    checkpoint: BLIP, ALBEF, BLIP-2) ``model.pretrained`` with ``load_finetuned: True``. LAVIS ignores
+    both silently. A value equal to the model type's default YAML is not the user's and passes (the
+    ``coco`` types carry both URLs)."""
+    load_finetuned = bool(cfg.get("load_finetuned", True))
+    checks = [("finetuned", not load_finetuned)]
+    if not getattr(model_cls, "pretrained_always_read", False):
+        checks.append(("pretrained", load_finetuned))
+    for key, unread in checks:
+        value = cfg.get(key)
+        if not unread or not value or value in _default_model_values(model_cls, cfg, key):
+            continue
+        if key == "finetuned":
+            raise ConfigError(
+                f"model.finetuned is set to {value!r} but model.load_finetuned is False, so the run would "
+                "not read it: set model.load_finetuned=True to load it, or leave model.finetuned out"
+            )
+        raise ConfigError(
+            f"model.pretrained is set to {value!r} but model.load_finetuned is True, so the run loads "
+            f"model.finetuned ({cfg.get('finetuned')!r}) instead: set model.load_finetuned=False to start "
+            "from model.pretrained, or leave model.pretrained out"
+        )
+
+
 def load_configured_checkpoint(model, cfg) -> None:
     """LAVIS's ``load_checkpoint_from_config`` when a checkpoint is configured; none = from scratch.
 
@@ -435,7 +481,9 @@ def load_configured_checkpoint(model, cfg) -> None:
     Raises:
         CheckpointError: the file is not in the cache and the URL's host (or the proxy) cannot be
             reached within 10 s, or the download fails; the message names the URL, the YAML key to set
-            to a local copy instead, and the cache path. Also for a local path that is not a file.
+            to a local copy instead, and the cache path. Also for a local path that is not a file, or a
+            checkpoint that does not fit (the model's ``load_checkpoint`` / ``load_from_pretrained``).
+        ConfigError: a checkpoint is set that the run would not read (:func:`refuse_unread_checkpoints`).
     """
     import os
     from urllib.error import URLError
@@ -446,6 +494,7 @@ def load_configured_checkpoint(model, cfg) -> None:
 
     from ..errors import CheckpointError
 
+    refuse_unread_checkpoints(type(model), cfg)
     key = "finetuned" if cfg.get("load_finetuned", True) else "pretrained"
     source = cfg.get(key)
     if not source:

@@ -48,7 +48,8 @@ from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
 from ..registration import register_once
-from .builders import _connect_problem, load_configured_checkpoint
+from .builders import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints
+from .checkpoints import require_fit
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
@@ -202,6 +203,8 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
         "RN50": "configs/models/clip_retrieval_listwise_rn50.yaml",
         "tiny": "configs/models/clip_retrieval_listwise_tiny.yaml",
     }
+    #: ``model.pretrained`` gives the weights under ``model.finetuned`` too (see ``from_config``).
+    pretrained_always_read = True
 
     def __init__(
         self,
@@ -240,6 +243,7 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
             max_logit_scale=cfg.get("max_logit_scale", 100.0),
             listwise=ListwiseConfig.from_cfg(cfg.get("listwise")),
         )
+        refuse_unread_checkpoints(cls, cfg)
         model = cls.build_pretrained(spec, cfg.get("pretrained"), **kwargs)
         if cfg.get("load_finetuned", False):
             # a fine-tuned checkpoint ({"model": state dict}, as runner_listwise and LAVIS's runner write)
@@ -280,30 +284,20 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
                 f"model.model_config to name one of LAVIS's CLIP architectures {list(_MODEL_CONFIGS)}"
             )
         model = cls(**arch, **kwargs)
-        model.load_state_dict(load_state_dict(os.path.expanduser(str(pretrained))))
-        return model
-
-    # Replaces BaseModel.load_checkpoint (model.finetuned): LAVIS loads with strict=False and only logs
-    # missing keys, so a checkpoint of another architecture or a truncated state dict loaded silently.
-    def load_checkpoint(self, url_or_filename: str):
-        """Load ``model.finetuned`` as LAVIS does, then refuse a partial fit: a CLIP checkpoint
-        (``runner_listwise``'s or LAVIS's runner's) holds exactly this model's keys.
-
-        Raises:
-            CheckpointError: keys of the model are missing from the checkpoint, or it has others.
-        """
-        loaded = super().load_checkpoint(url_or_filename)
-        if loaded.missing_keys or loaded.unexpected_keys:
-
-            def first(keys: list[str]) -> str:
-                return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "") or "none"
-
+        try:  # LAVIS's reader: a 'state_dict' entry, DataParallel's 'module.' prefixes
+            state_dict = load_state_dict(os.path.expanduser(str(pretrained)))
+            tensors = isinstance(state_dict, Mapping) and all(torch.is_tensor(v) for v in state_dict.values())
+            if not tensors:
+                raise TypeError("no state dict (a mapping of names to tensors) in it")
+        except Exception as err:  # a truncated file, a pickle of something else, ...
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CheckpointError(
-                f"model.finetuned: {url_or_filename} does not fit this model (model.model_type / "
-                f"model.model_config): missing keys: {first(loaded.missing_keys)}; unexpected keys: "
-                f"{first(loaded.unexpected_keys)}"
-            )
-        return loaded
+                f"model.pretrained: {str(pretrained)!r} is not a loadable CLIP state dict "
+                f"({type(err).__name__}: {text})"
+            ) from None
+        require_fit(model, state_dict, "model.pretrained", str(pretrained), hint=" (model.model_config)")
+        model.load_state_dict(state_dict)
+        return model
 
     def logit_scale_exp(self) -> Tensor:
         """Scalar ``logit_scale.exp()``, with the parameter first clamped in place to

@@ -3,12 +3,15 @@ their loss."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
+from ..errors import CheckpointError
 from ..losses import bidirectional_listwise_loss
 from ..relevance import (
     RelevanceMatrix,
@@ -22,6 +25,15 @@ from .builders import (
     build_text_encoder,
     build_vision_encoder,
     load_configured_checkpoint,
+    refuse_unread_checkpoints,
+)
+from .checkpoints import (
+    describe_keys,
+    frozen_keys_left_out,
+    frozen_parameter_names,
+    read_state_dict,
+    require_fit,
+    resync_momentum_encoders,
 )
 
 __all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS", "same_image_targets"]
@@ -71,6 +83,7 @@ class ListwiseRetrievalMixin:
         """What the LAVIS ``from_config`` methods do, plus ``model.listwise`` / ``model.tokenizer``: the
         encoders from ``cfg`` (``vit_type: custom``, ``text_config``), the model with the
         architecture's own ``model_kwargs``, then the configured checkpoint."""
+        refuse_unread_checkpoints(cls, cfg)  # before building: a config mistake costs no model
         image_encoder = build_vision_encoder(cfg)
         model = cls(
             image_encoder=image_encoder,
@@ -86,6 +99,68 @@ class ListwiseRetrievalMixin:
     def default_config_path(cls, model_type: str) -> str:
         """The plugin's model YAMLs live under ``configs/``, not inside LAVIS."""
         return config_path(cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    # Replaces BaseModel.load_checkpoint (model.finetuned): LAVIS loads with strict=False and only logs
+    # the missing keys, so another architecture's checkpoint loaded nothing, silently (UPSTREAMING 14).
+    def load_checkpoint(self, url_or_filename: str):
+        """Load ``model.finetuned`` (``{"model": state dict}`` or a bare state dict), which must hold
+        exactly this model's keys, with two named exceptions: the frozen parameters, when the checkpoint
+        holds none of them (LAVIS's runner drops them: BLIP/ALBEF's momentum encoders, which are then
+        copied from the loaded encoders; BLIP-2's frozen ViT), and BERT's ``position_ids`` buffers.
+
+        Raises:
+            CheckpointError naming ``model.finetuned``, the file and the first missing, unexpected or
+            differently shaped keys; or the file's problem when it is not a torch checkpoint.
+        """
+        state_dict = read_state_dict(url_or_filename, "model.finetuned")
+        left_out = frozen_keys_left_out(self, state_dict)
+        require_fit(
+            self, state_dict, "model.finetuned", str(url_or_filename), may_lack=left_out,
+            hint=" (model.arch / model.model_type)",
+        )  # fmt: skip
+        loaded = self.load_state_dict(state_dict, strict=False)
+        resync_momentum_encoders(self, left_out)
+        logging.info("load checkpoint from %s", url_or_filename)
+        return loaded
+
+    def pretrained_may_lack(self) -> tuple[str, ...]:
+        """Hook: prefixes of trainable parameters a ``model.pretrained`` checkpoint may lack because they
+        come from elsewhere (BLIP-2 with LAVIS's ViT: its weights are the ViT's own download)."""
+        return ()
+
+    # Wraps BlipBase/AlbefBase/Blip2Base.load_from_pretrained (model.pretrained): they load with
+    # strict=False and drop tensors of another shape silently (UPSTREAMING 14).
+    def load_from_pretrained(self, url_or_filename: str, **kwargs):
+        """LAVIS's ``load_from_pretrained`` (position-embedding interpolation, ALBEF's key renaming),
+        then a check that it loaded every trainable parameter. A pre-training checkpoint may hold other
+        heads (BLIP's text decoder: extra keys are fine) and lack the retrieval model's buffers (queues,
+        their pointers), its frozen parameters, and :meth:`pretrained_may_lack`.
+
+        Raises:
+            CheckpointError naming ``model.pretrained`` and the file.
+        """
+        from urllib.error import URLError
+
+        try:
+            loaded = super().load_from_pretrained(url_or_filename, **kwargs)
+        except (URLError, CheckpointError):
+            raise
+        except Exception as err:  # torch.load on a bad file, a state dict without 'model', size mismatch
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(
+                f"model.pretrained: {str(url_or_filename)!r} cannot be loaded into this model "
+                f"({type(err).__name__}: {text})"
+            ) from None
+        params = {name for name, _ in self.named_parameters()} - frozen_parameter_names(self)
+        skip = self.pretrained_may_lack()
+        missing = [k for k in loaded.missing_keys if k in params and not (skip and k.startswith(skip))]
+        if missing:
+            raise CheckpointError(
+                f"model.pretrained: {url_or_filename} does not fit this model (model.arch / "
+                "model.model_type): it lacks (or has in another shape) trainable parameters: "
+                f"{describe_keys(missing)}"
+            )
+        return loaded
 
     # Replaces BlipBase/AlbefBase.init_tokenizer: it downloads bert-base-uncased (UPSTREAMING 8).
     def init_tokenizer(self):
