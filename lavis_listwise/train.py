@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import random
+import secrets
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime
@@ -21,7 +22,7 @@ from lavis_listwise_cli import add_config_arguments
 from .config_io import read_yaml_file
 from .evaluation.report import format_results_table
 
-__all__ = ["add_config_arguments", "build_run", "train", "evaluate"]
+__all__ = ["add_config_arguments", "build_run", "default_job_id", "train", "evaluate"]
 
 
 # Replaces setup_seeds of LAVIS's train.py, which the wheel does not ship.
@@ -34,6 +35,18 @@ def _setup_seeds(run_cfg) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def default_job_id() -> str:
+    """A job id no other run takes: the start time to the second and 8 random hex digits, drawn by rank 0
+    and shared with the other ranks (LAVIS's ``%Y%m%d%H%M`` gave two runs started within one minute,
+    and the ranks of one run at a minute's turn, different runs the same directory)."""
+    import torch.distributed as dist
+
+    job_id = [f"{datetime.now().strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(job_id, src=0)
+    return job_id[0]
 
 
 # Replaces main() of LAVIS's train.py (not in the wheel): the same flow, plugin registered first.
@@ -63,7 +76,7 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
-    job_id = args.job_id or datetime.now().strftime("%Y%m%d%H%M")
+    job_id = args.job_id or default_job_id()
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
     return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
 
@@ -109,9 +122,12 @@ def _run_and_report(
 
     with process_group_released():
         runner = build_run(args)
-        with _collectives_named(runner.config.run_cfg):
-            logs = run(runner)
-        _report_results(runner, logs, results_name)
+        try:
+            with _collectives_named(runner.config.run_cfg):
+                logs = run(runner)
+            _report_results(runner, logs, results_name)
+        finally:
+            getattr(runner, "release_output_dir", lambda: None)()  # the job directory's lock
     return logs
 
 

@@ -9,8 +9,14 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: job directories are not locked
+    fcntl = None
 
 import torch
 import torch.distributed as dist
@@ -21,12 +27,20 @@ from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..config import warn_config_differences
 from ..distributed import rank_and_world
-from ..errors import CheckpointError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..models.checkpoints import checkpoint_mismatch
 from ..registration import register_once
 from ..rng import isolated_rng, rng_state, set_rng_state
 
-__all__ = ["RunnerListwise", "atomic_torch_save", "load_checkpoint_file"]
+__all__ = ["JOB_LOCK_NAME", "RUN_OUTPUTS", "RunnerListwise", "atomic_torch_save", "load_checkpoint_file"]
+
+#: The lock file in a job directory: held (``flock``) by the main process of the run writing there.
+JOB_LOCK_NAME = ".lock"
+#: What a run leaves in its job directory: a directory holding any of these is not reused without
+#: ``run.overwrite_output: true`` (or a resume from a checkpoint inside it).
+RUN_OUTPUTS = ("metrics.jsonl", "checkpoint_*.pth", "epoch_*.pth", "*_results.json")
 
 
 def _barrier() -> None:
@@ -157,19 +171,86 @@ class RunnerListwise(RunnerBase):
     table before training: rank 0 computes or loads the cache, the other ranks wait, then load it.
     """
 
-    # Replaces RunnerBase.setup_output_dir: a relative output_dir lands in site-packages (UPSTREAMING 6).
+    # Replaces RunnerBase.setup_output_dir: a relative output_dir lands in site-packages (UPSTREAMING 6),
+    # and two runs with one job id write into one directory.
     def setup_output_dir(self):
+        """``run.output_dir/<job id>`` (relative: to the working directory), claimed for this run.
+
+        The main process locks the directory for as long as the run lasts, and refuses one that
+        another run holds, or one a previous run left outputs in (:data:`RUN_OUTPUTS`), unless
+        ``run.resume_ckpt_path`` is a checkpoint inside it (continuing that run) or
+        ``run.overwrite_output: true`` (the previous outputs are deleted first).
+
+        Raises:
+            ConfigError naming the directory, on every rank.
+        """
         output_dir = Path(self.config.run_cfg.output_dir).expanduser()
         if not output_dir.is_absolute():
             output_dir = Path.cwd() / output_dir
         output_dir = output_dir / self.job_id
         result_dir = output_dir / "result"
+        problem = None
         if is_main_process():
             result_dir.mkdir(parents=True, exist_ok=True)
-        _barrier()
+            problem = self._claim_output_dir(output_dir)
+        if dist.is_available() and dist.is_initialized() and get_world_size() > 1:
+            shared = [problem]  # every rank fails alike, instead of waiting for rank 0 at a barrier
+            dist.broadcast_object_list(shared, src=0)
+            problem = shared[0]
+        if problem:
+            raise ConfigError(problem)
         # registry.register_path raises on a second run in the same process (the demo trains twice)
         registry.mapping["paths"].update(result_dir=str(result_dir), output_dir=str(output_dir))
         self.result_dir, self.output_dir = result_dir, output_dir
+
+    def _claim_output_dir(self, output_dir: Path) -> str | None:
+        """Lock ``output_dir`` for this run; why not, or ``None`` once it is this run's."""
+        self._output_lock = None
+        if fcntl is None:
+            return None
+        lock = open(output_dir / JOB_LOCK_NAME, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            return (
+                f"job directory {output_dir} is in use by another run ({holder}): wait for it to end, "
+                "or give this run another --job-id"
+            )
+        previous = sorted({p.name for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern)})
+        if previous and not self._resumes_in(output_dir):
+            if not self.config.run_cfg.get("overwrite_output", False):
+                lock.close()
+                shown = ", ".join(previous[:4]) + (" ..." if len(previous) > 4 else "")
+                return (
+                    f"job directory {output_dir} holds the outputs of an earlier run ({shown}): give this "
+                    "run another --job-id, set run.resume_ckpt_path to a checkpoint in it to continue "
+                    "that run, or set run.overwrite_output=True to replace them"
+                )
+            logging.warning("run.overwrite_output: deleting the earlier run's outputs in %s", output_dir)
+            for name in (*previous, "log.txt"):
+                (output_dir / name).unlink(missing_ok=True)
+        lock.seek(0)
+        lock.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        lock.flush()
+        self._output_lock = lock
+        return None
+
+    def _resumes_in(self, output_dir: Path) -> bool:
+        """Whether ``run.resume_ckpt_path`` is a checkpoint inside ``output_dir`` (continuing that run)."""
+        path = self.config.run_cfg.get("resume_ckpt_path")
+        return bool(path) and Path(path).expanduser().resolve().parent == output_dir.resolve()
+
+    def release_output_dir(self) -> None:
+        """Unlock the job directory (also done when the process ends, however it ends)."""
+        lock = getattr(self, "_output_lock", None)
+        if lock is not None:
+            lock.close()
+            self._output_lock = None
 
     # Replaces RunnerBase.model: None on CPU, DDP device_ids on CPU (UPSTREAMING 1).
     @property
@@ -319,8 +400,14 @@ class RunnerListwise(RunnerBase):
     # Replaces RunnerBase._load_checkpoint: restores what _save_checkpoint adds (UPSTREAMING 5).
     def _load_checkpoint(self, url_or_filename):
         checkpoint = load_checkpoint_file(url_or_filename, map_location=self.device)
+        model = self.unwrap_dist_model(self.model)
+        problem = checkpoint_mismatch(model, checkpoint["model"])  # a resume restores everything
+        if problem:
+            raise CheckpointError(
+                f"run.resume_ckpt_path: {url_or_filename} does not fit this model: {problem}"
+            )
         try:
-            self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
+            model.load_state_dict(checkpoint["model"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise CheckpointError(
@@ -338,6 +425,7 @@ class RunnerListwise(RunnerBase):
         if best.is_file() and best != here.resolve() and is_main_process():
             shutil.copyfile(best, here)
         self._resume_rng = self._rank_rng_state(checkpoint)
+        warn_config_differences(checkpoint.get("config"), self.config.to_dict(), url_or_filename)
         logging.info("Resumed from %s at epoch %d", url_or_filename, self.start_epoch)
 
     @staticmethod
@@ -378,7 +466,11 @@ class RunnerListwise(RunnerBase):
     def _reload_best_model(self, model):
         path = os.path.join(self.output_dir, "checkpoint_best.pth")
         logging.info("Loading checkpoint from %s.", path)
-        model.load_state_dict(load_checkpoint_file(path, key="checkpoint_best.pth")["model"])
+        state_dict = load_checkpoint_file(path, key="checkpoint_best.pth")["model"]
+        problem = checkpoint_mismatch(model, state_dict)
+        if problem:
+            raise CheckpointError(f"checkpoint_best.pth: {path} does not fit this model: {problem}")
+        model.load_state_dict(state_dict)
         return model
 
     # ------------------------------------------------------------------ logging
