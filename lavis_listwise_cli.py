@@ -68,15 +68,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from lavis_listwise.config import check_run_device
     from lavis_listwise.train import train
 
+    check_run_device(args.cfg_path, args.options)  # before the process group is set up on it
     train(args)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from lavis_listwise.config import check_run_device
     from lavis_listwise.train import evaluate
 
+    check_run_device(args.cfg_path, args.options)
     evaluate(args)
     return 0
 
@@ -170,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    cfg_path = getattr(args, "cfg_path", None)
+    if cfg_path is not None and os.path.isdir(cfg_path):  # else reported as "does not exist"
+        print(f"{PROG}: error: --cfg-path: {cfg_path!r} is a directory, not a YAML file", file=sys.stderr)
+        return 1
     try:
         return args.run(args)
     except Exception as err:

@@ -17,9 +17,25 @@ from .errors import ConfigError
 from .losses import build_loss, check_combine, combine_losses, get_loss_class
 from .relevance import CaptionEmbeddingCache, SentenceEncoder
 
-__all__ = ["EvalSettings", "ListwiseConfig", "RelevanceConfig", "default_cache_dir"]
+__all__ = [
+    "EvalSettings",
+    "ListwiseConfig",
+    "MissingPathError",
+    "RelevanceConfig",
+    "check_environment",
+    "check_run_device",
+    "check_settings",
+    "config_differences",
+    "default_cache_dir",
+    "warn_config_differences",
+]
 
 _KEY = "model.listwise"
+
+
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A YAML key names a file or directory that is missing or not what it must be: a
+    :class:`ConfigError` (one message, no traceback), still caught by ``except FileNotFoundError``."""
 
 
 def default_cache_dir() -> Path:
@@ -91,7 +107,7 @@ class RelevanceConfig:
         if encoder not in (None, "", "default"):
             path = Path(str(encoder)).expanduser()
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(
+                raise MissingPathError(
                     f"{where}.encoder: {str(path)!r} is not a local Hugging Face encoder directory "
                     "(no config.json); leave it unset for the bundled all-MiniLM-L6-v2"
                 )
@@ -100,9 +116,7 @@ class RelevanceConfig:
             encoder = None
         cache_dir = cfg.get("cache_dir")
         cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir else default_cache_dir()
-        batch_size = int(cfg.get("batch_size", 256))
-        if batch_size < 1:
-            raise ConfigError(f"{where}.batch_size must be >= 1, got {batch_size}")
+        batch_size = _integer(cfg.get("batch_size", 256), f"{where}.batch_size", minimum=1)
         floor = cfg.get("floor")
         if floor is not None:
             floor = _number(floor, f"{where}.floor")
@@ -275,11 +289,20 @@ def _number(value: Any, key: str) -> float:
     return out
 
 
+def _integer(value: Any, key: str, minimum: int | None = None) -> int:
+    """An integer setting: a YAML integer (not a bool, not ``2.7`` truncated, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
 def _tristate(value, key: str) -> str:
     """``auto`` / ``true`` / ``false`` from YAML (booleans or strings)."""
     text = str(value).lower()
     if text not in ("auto", "true", "false"):
-        raise ValueError(f"{key} must be auto, true or false, got {value!r}")
+        raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
     return text
 
 
@@ -314,16 +337,16 @@ class EvalSettings:
     def from_run_cfg(cls, cfg) -> EvalSettings:
         itm = str(cfg.get("itm_eval", "fast"))
         if itm not in ("fast", "stock"):
-            raise ValueError(f"run.itm_eval must be 'fast' or 'stock', got {itm!r}")
+            raise ConfigError(f"run.itm_eval must be 'fast' or 'stock', got {itm!r}")
         pairs = cfg.get("itm_eval_pairs")
         if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1):
-            raise ValueError(f"run.itm_eval_pairs must be a positive integer or null, got {pairs!r}")
+            raise ConfigError(f"run.itm_eval_pairs must be a positive integer or null, got {pairs!r}")
         where = str(cfg.get("eval_feature_device", "auto"))
         if where not in ("auto", "device", "cpu"):
-            raise ValueError(f"run.eval_feature_device must be auto, device or cpu, got {where!r}")
+            raise ConfigError(f"run.eval_feature_device must be auto, device or cpu, got {where!r}")
         keep = cfg.get("save_rankings", 0) or 0
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"run.save_rankings must be a non-negative integer (top-K per query), got {keep!r}"
             )
         captions = cfg.get("coco_captions_json")
@@ -337,5 +360,286 @@ class EvalSettings:
             save_rankings=keep,
         )
         if settings.itm_eval == "stock" and settings.coco_1k == "true":
-            raise ValueError("run.coco_1k: true needs run.itm_eval: fast (each fold is re-ranked on its own)")
+            raise ConfigError(
+                "run.coco_1k: true needs run.itm_eval: fast (each fold is re-ranked on its own)"
+            )
         return settings
+
+
+# ----------------------------------------------------------------------------- values, before building
+#: ``model`` keys whose values are checked by their own code here, not by the default YAML's types.
+_OWN_CHECKS = frozenset({"arch", "model_type", "listwise", "model_config"})
+
+
+def _plain(cfg) -> Any:
+    """An OmegaConf node as plain Python (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _check_types(defaults: Mapping, given: Mapping, where: str) -> None:
+    """Each value of ``given`` has the kind of its value in the arch's default YAML: a number where
+    the default is a number, a boolean where it is a boolean; mappings recursively."""
+    for key, value in given.items():
+        default = defaults.get(key)
+        if key in _OWN_CHECKS or default is None or value is None:
+            continue
+        name = f"{where}{key}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name} must be a number (the default is {default!r}), got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be finite, got {value!r}")
+        elif isinstance(default, Mapping) and isinstance(value, Mapping):
+            _check_types(default, value, f"{name}.")
+
+
+def _check_device(run_cfg: Mapping, available: bool = False) -> str | None:
+    """``run.device``: a device torch knows (and, with ``available``, CUDA only where a GPU is
+    visible). Returns its type."""
+    import torch
+
+    device = run_cfg.get("device")
+    if device is None:
+        return None
+    try:
+        kind = torch.device(str(device)).type
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"run.device: {device!r} is not a torch device (cpu, cuda, cuda:0...)") from None
+    if available and kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"run.device is {device!r} but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+            "set run.device: cpu"
+        )
+    return kind
+
+
+def _check_text_tower(model_cfg: Mapping) -> None:
+    """``model.med_config_path``, ``model.text_config`` keys and ``model.text_init`` of BLIP/ALBEF."""
+    from lavis.common.utils import get_abs_path
+
+    from .models.builders import resolve_text_init
+
+    overrides = model_cfg.get("text_config")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"model.text_config must be a mapping of BERT config keys, got {overrides!r}")
+    med = model_cfg.get("med_config_path")
+    if overrides and med:
+        from transformers import BertConfig
+
+        path = get_abs_path(str(med))
+        if not Path(path).is_file():
+            raise ConfigError(f"model.med_config_path: {path!r} does not exist")
+        known = BertConfig.from_json_file(path)
+        unknown = sorted(k for k in overrides if not hasattr(known, k))
+        if unknown:
+            raise ConfigError(f"model.text_config: unknown BERT config key(s) {unknown} (not in {path})")
+    resolve_text_init(model_cfg.get("text_init"))
+
+
+def _check_clip_architecture(model_cfg: Mapping) -> None:
+    """CLIP's ``model.model_config``: the keys LAVIS's ``CLIPVisionCfg`` / ``CLIPTextCfg`` take."""
+    import dataclasses
+
+    from lavis.models.clip_models.model import CLIPTextCfg, CLIPVisionCfg
+
+    from .models.clip_retrieval_listwise import clip_architecture
+
+    arch = clip_architecture(model_cfg.get("model_config") or model_cfg.get("model_type"))
+    for part, klass in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        given = arch[part]
+        where = f"model.model_config.{part}"
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {given!r}")
+        fields = dataclasses.fields(klass)
+        names = {f.name for f in fields}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            hints = [_difflib_hint(k, names) for k in unknown]
+            raise ConfigError(
+                f"{where}: unknown key(s) {unknown}{''.join(hints)}; LAVIS's {klass.__name__} takes "
+                f"{sorted(names)}"
+            )
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in required if k not in given]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {missing} ({klass.__name__} has no default for them)")
+
+
+def _difflib_hint(name: str, valid) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``valid``, or nothing."""
+    import difflib
+
+    match = difflib.get_close_matches(str(name), sorted(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _check_dataset_paths(name: str, section: Mapping) -> None:
+    """Annotation files (or a url to download them from) and the image directory of a plugin builder."""
+    import lavis.common.utils as lavis_utils
+
+    def absolute(path: str) -> str:
+        return path if os.path.isabs(path) else lavis_utils.get_cache_path(path)
+
+    key = f"datasets.{name}.build_info"
+    build_info = section.get("build_info") or {}
+    for split, info in (build_info.get("annotations") or {}).items():
+        if split not in ("train", "val", "test") or not isinstance(info, Mapping):
+            continue
+        storage = info.get("storage")
+        for path in [storage] if isinstance(storage, str) else list(storage or []):
+            if not os.path.isfile(absolute(str(path))) and not info.get("url"):
+                raise MissingPathError(
+                    f"{key}.annotations.{split}.storage: annotation file {absolute(str(path))!r} does not "
+                    "exist and no url is given to download it"
+                )
+    data_type = section.get("data_type") or "images"
+    visual = build_info.get(data_type)
+    storage = visual.get("storage") if isinstance(visual, Mapping) else None
+    if storage is None:
+        raise ConfigError(f"{key}.{data_type}.storage: the image directory is not set")
+    if not os.path.isdir(absolute(str(storage))):
+        what = "is a file, not a directory" if os.path.exists(absolute(str(storage))) else "does not exist"
+        raise MissingPathError(
+            f"{key}.{data_type}.storage: image directory {absolute(str(storage))!r} {what}"
+        )
+
+
+def check_settings(model_cfg, run_cfg, model_defaults=None, model_cls: type | None = None) -> None:
+    """Check the values of the plugin's settings when the config is read, before anything is built
+    (:func:`~lavis_listwise.config_check.check_config` calls it): each failure is one
+    :class:`ConfigError` naming the key (and the file or directory). What depends on the machine
+    (a GPU, the data on disk) is :func:`check_environment`'s.
+
+    Args:
+        model_cfg: the ``model`` section (merged over the arch's default YAML).
+        run_cfg: the ``run`` section.
+        model_defaults: the arch's default ``model`` YAML: values must be of its values' kinds.
+        model_cls: the arch's class, if it is one of the plugin's (else ``model`` is not checked).
+    """
+    from .evaluation.ground_truth import gt_relevance_paths, positive_threshold
+
+    run = _plain(run_cfg)
+    EvalSettings.from_run_cfg(run)
+    _check_device(run)
+    positive_threshold(run.get("gt_positive_threshold"))
+    splits = set(run.get("valid_splits") or []) | set(run.get("test_splits") or [])
+    gt_relevance_paths(run.get("gt_relevance"), splits)
+    if model_cls is None:
+        return
+    model = _plain(model_cfg)
+    if model_defaults is not None:
+        _check_types(_plain(model_defaults), model, "model.")
+    ListwiseConfig.from_cfg(model.get("listwise"))
+    from .models.clip_retrieval_listwise import ClipRetrievalListwise
+
+    if issubclass(model_cls, ClipRetrievalListwise):
+        _check_clip_architecture(model)
+    else:
+        _check_text_tower(model)
+
+
+def check_environment(cfg) -> None:
+    """What a run needs of this machine, checked before datasets and model are built (first thing in
+    ``retrieval_listwise``'s ``build_datasets``): ``model.listwise.kernel: triton`` only where Triton
+    runs, and the plugin builders' annotation files (or a url to download them) and image
+    directories. (``run.device`` is :func:`check_run_device`'s: the process group is set up before
+    the task.)
+
+    Args:
+        cfg: LAVIS's ``Config`` (its model and dataset sections merged over their default YAMLs).
+
+    Raises:
+        ConfigError naming the key and the path.
+    """
+    from lavis.common.registry import registry
+
+    run = _plain(cfg.run_cfg)
+    device = _check_device(run)
+    listwise = _plain(cfg.model_cfg.get("listwise")) if cfg.model_cfg is not None else None
+    if isinstance(listwise, Mapping) and str(listwise.get("kernel")) == "triton":
+        import torch
+
+        from .losses.kernels.triton import triton_available
+
+        if _number(listwise.get("weight", 0.0), f"{_KEY}.weight") > 0 and not triton_available(
+            torch.device(device or "cuda")
+        ):
+            raise ConfigError(
+                f"{_KEY}.kernel: triton needs a CUDA device and the triton package (run.device is "
+                f"{run.get('device')!r}); use kernel: auto or torch"
+            )
+    for name in cfg.datasets_cfg or {}:
+        builder = registry.get_builder_class(name)
+        if builder is not None and builder.__module__.startswith("lavis_listwise."):
+            _check_dataset_paths(name, _plain(cfg.datasets_cfg[name]))
+
+
+def check_run_device(cfg_path: str, options=()) -> None:
+    """``run.device`` of a run YAML plus ``--options``: CUDA only where a GPU is visible. The commands
+    that train or evaluate call it first, before the process group (which would fail on it) is set up.
+
+    Raises:
+        ConfigError naming ``run.device`` (or the unreadable file / malformed option).
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from .config_check import parse_options
+    from .config_io import read_yaml_file
+
+    merged = OmegaConf.merge(read_yaml_file(cfg_path), parse_options(options))
+    run = merged.get("run") if isinstance(merged, DictConfig) else None
+    if isinstance(run, DictConfig):
+        _check_device(_plain(run), available=True)
+
+
+#: Keys that differ between a run and the checkpoint it resumes from by design.
+_RESUME_KEYS_EXPECTED_TO_DIFFER = frozenset({"run.resume_ckpt_path"})
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved: Mapping | None, current: Mapping) -> list[str]:
+    """``"key: saved -> current"`` for every setting of ``current`` (a run's config as a dict) that
+    differs from ``saved`` (the config stored in the checkpoint it resumes), except
+    ``run.resume_ckpt_path``; ``[]`` when the checkpoint stores no config."""
+    if not saved:
+        return []
+    old, new = _flatten(_plain(saved)), _flatten(_plain(current))
+    return [
+        f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in _RESUME_KEYS_EXPECTED_TO_DIFFER and old.get(key) != new.get(key)
+    ]
+
+
+def warn_config_differences(saved: Mapping | None, current: Mapping, checkpoint: Any) -> list[str]:
+    """Log one warning listing :func:`config_differences` of a resumed run; returns them."""
+    import logging
+
+    differences = config_differences(saved, current)
+    if differences:
+        logging.warning(
+            "resuming from %s with a config that differs from the checkpoint's in %d setting(s): %s",
+            checkpoint,
+            len(differences),
+            "; ".join(differences),
+        )
+    return differences

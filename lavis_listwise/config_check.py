@@ -600,6 +600,20 @@ def _default_data_type(default_path: str, builder: str) -> str | None:
     return section.get("data_type")
 
 
+def _check_values(model_cfg, run_cfg, model_cls, model_type) -> None:
+    """The values of the plugin's settings, the model's merged over the arch's default YAML as LAVIS
+    merges them (:func:`~lavis_listwise.config.check_settings`)."""
+    from omegaconf import OmegaConf
+
+    from .config import check_settings
+
+    if not model_cls.__module__.startswith("lavis_listwise."):
+        check_settings(model_cfg, run_cfg)
+        return
+    defaults = OmegaConf.load(model_cls.default_config_path(model_type=model_type)).get("model", {})
+    check_settings(OmegaConf.merge(defaults, model_cfg), run_cfg, defaults, model_cls)
+
+
 def check_config(user_cfg, options: Sequence[str] = ()) -> None:
     """Refuse a run YAML (an OmegaConf tree, as parsed from ``--cfg-path``) plus ``--options`` that
     LAVIS would silently mis-read. Call it after registering the plugin, before LAVIS's Config.
@@ -607,8 +621,8 @@ def check_config(user_cfg, options: Sequence[str] = ()) -> None:
     Raises:
         ConfigError naming the key: malformed ``--options``; a missing ``model`` / ``datasets`` /
         ``run``; an unregistered arch, task, runner or dataset builder, or an unknown model or dataset
-        ``type``; and, unless ``run.strict_config: false``, every key nothing reads, each with the
-        closest valid key.
+        ``type``; the values of the plugin's keys (:func:`~lavis_listwise.config.check_settings`); and,
+        unless ``run.strict_config: false``, every key nothing reads, each with the closest valid key.
     """
     from omegaconf import DictConfig, OmegaConf
 
@@ -645,7 +659,9 @@ def check_config(user_cfg, options: Sequence[str] = ()) -> None:
             builder_cls, "DATASET_CONFIG_DICT", section.get("type", "default"), f"datasets.{name}.type"
         )
         builders[name] = (section, builder_cls.default_config_path(type=config_type))
+    values = (model_cfg, run_cfg, model_cls, model_type)
     if not strict:
+        _check_values(*values)
         return
 
     problems = _unknown(merged, valid_top_level_keys(), "", option_keys)
@@ -678,3 +694,4 @@ def check_config(user_cfg, options: Sequence[str] = ()) -> None:
         problems += _unknown(demo, valid_demo_keys(), "demo.", option_keys)
     if problems:
         raise ConfigError("; ".join(problems) + f" {_HINT}")
+    _check_values(*values)  # after the key names: a misspelled key is the first thing to fix

@@ -37,6 +37,7 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
         ConfigError: ``script`` is not a file, or the YAML and options are refused by
             :func:`~lavis_listwise.config_check.check_config`.
     """
+    from .config import check_run_device
     from .config_check import check_config
     from .config_io import read_yaml_file
 
@@ -51,8 +52,11 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
     config_args.add_argument("--cfg-path")
     config_args.add_argument("--options", nargs="+", default=[])
     known, _ = config_args.parse_known_args(script_args)
+    if known.cfg_path is not None and os.path.isdir(known.cfg_path):
+        raise ConfigError(f"--cfg-path: {known.cfg_path!r} is a directory, not a YAML file")
     if known.cfg_path is not None:
         check_config(read_yaml_file(known.cfg_path), known.options or [])
+        check_run_device(known.cfg_path, known.options or [])
     sys.argv = [str(path), *script_args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python SCRIPT` puts the script's directory first
     from .distributed import process_group_released

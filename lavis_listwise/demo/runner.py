@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import ConfigError
 from ..evaluation.report import format_agreement
 from ..resources import config_path
 
@@ -235,6 +237,31 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _checked_weight(value, key: str, combine: str) -> float:
+    """The listwise arm's weight, checked before the pairwise arm trains (finite, >= 0, <= 1 with
+    ``combine: convex``)."""
+    from ..losses import check_combine
+
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(weight):
+        raise ConfigError(f"{key} must be finite, got {value!r}")
+    try:
+        check_combine(weight, combine)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err} (model.listwise.combine: {combine})") from None
+    return weight
+
+
+def _directory_argument(path: Path, option: str, create: bool = True) -> Path:
+    """``path`` unless it exists and is not a directory (a file where a directory is wanted)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option}: {str(path)!r} is a file, not a directory")
+    return path
+
+
 def run_demo(
     quick: bool = False,
     seeds: list[int] | None = None,
@@ -245,6 +272,9 @@ def run_demo(
     extra_options: list[str] | None = None,
 ) -> dict:
     """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
+    from omegaconf import OmegaConf
+
+    from ..config import check_run_device
     from ..config_io import read_yaml_file
     from ..distributed import process_group_released
     from .synthetic import ensure_synthetic_dataset
@@ -253,10 +283,22 @@ def run_demo(
     cfg_path = cfg_path or config_path(f"projects/demo/{'demo_quick' if quick else 'demo'}.yaml")
     spec = read_yaml_file(cfg_path).demo  # a missing or malformed --cfg-path is one message
     data = dict(spec.data)
-    weight = float(spec.listwise_weight if listwise_weight is None else listwise_weight)
+    # checked now, not after the pairwise arm has trained
+    combine = OmegaConf.select(read_yaml_file(cfg_path), "model.listwise.combine", default="add")
+    weight = _checked_weight(
+        spec.listwise_weight if listwise_weight is None else listwise_weight,
+        "demo.listwise_weight" if listwise_weight is None else "--weight",
+        str(combine),
+    )
+    check_run_device(cfg_path, list(extra_options or []))
     seeds = list(seeds or [0])
-    output_dir = Path(output_dir).expanduser().resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _directory_argument(Path(output_dir).expanduser().resolve(), "--output-dir")
+    if data_dir is not None:
+        _directory_argument(Path(data_dir).expanduser(), "--data-dir", create=False)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output-dir: cannot create {str(output_dir)!r}: {err.strerror or err}") from None
     root = Path(data_dir or demo_data_root(data))
     print(f"[demo] data: {data} -> {root}", flush=True)
     root = ensure_synthetic_dataset(root, **data)
