@@ -124,6 +124,7 @@ def _check_builder(name: str, ds_cfg, report: DataReport, images: dict[str, str]
         train_annotation_problems,
     )
     from .errors import DataError
+    from .tasks.retrieval_listwise import shared_image_problems
 
     builder = registry.get_builder_class(name)
     if not (
@@ -165,6 +166,10 @@ def _check_builder(name: str, ds_cfg, report: DataReport, images: dict[str, str]
             continue
         is_train = split == "train"
         report.problems += train_annotation_problems(files) if is_train else eval_annotation_problems(files)
+        if is_train:  # one image file under two image_ids: its captions would be each other's negatives
+            report.problems += shared_image_problems(
+                (f"{path}: entry {i}", entry) for path, entries in files for i, entry in enumerate(entries)
+            )
         refs = 0
         for path, entries in files:
             for index, entry in enumerate(entries):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
 
-from ..config import EvalSettings, RelevanceConfig
+from ..config import EvalSettings, RelevanceConfig, check_environment
 from ..datasets.retrieval_listwise import ListwiseRetrievalDataset
 from ..distributed import rank_and_world
 from ..errors import ConfigError, NonFiniteLossError
@@ -48,7 +48,14 @@ from ..evaluation import (
 )
 from ..registration import register_once
 
-__all__ = ["RetrievalListwiseTask", "check_run_sizes", "checked_loss_values"]
+__all__ = [
+    "RetrievalListwiseTask",
+    "check_image_headers",
+    "check_run_sizes",
+    "checked_loss_values",
+    "gradient_norm",
+    "shared_image_problems",
+]
 
 
 def relevance_config_of(model) -> RelevanceConfig:
@@ -103,6 +110,7 @@ class RetrievalListwiseTask(RetrievalTask):
         self._score_listeners.append(listener)
 
     def build_datasets(self, cfg):
+        check_environment(cfg)  # Triton, annotation files and image directories: before building anything
         datasets = super().build_datasets(cfg)
         # Give each training dataset its own range of caption rows and image ids, so several
         # datasets combined neither collide in ITC positives nor in the caption table.
@@ -116,6 +124,9 @@ class RetrievalListwiseTask(RetrievalTask):
             image_offset += dataset.num_images
         self.train_caption_datasets = train_sets
         check_run_sizes(cfg, datasets)
+        for name, splits in datasets.items():
+            _warn_shared_images(name, splits.get("train"))
+            check_image_headers(name, cfg.datasets_cfg[name], splits)
         self._attach_ground_truth(cfg, datasets)
         # Check the COCO 1K and ECCV Caption inputs now, not after hours of training when the test
         # split is reached.
@@ -206,11 +217,14 @@ class RetrievalListwiseTask(RetrievalTask):
                 lr_scheduler.step(cur_epoch=inner_epoch, cur_step=i)
                 with torch.autocast("cuda", enabled=use_amp):
                     loss, terms = self.train_step_with_terms(model=model, samples=samples)
-                values = checked_loss_values(loss, terms, epoch, i)  # before backward: no update from NaN
                 if use_amp:
                     scaler.scale(loss).backward()
                 else:
                     loss.backward()
+                # before the optimizer step: no update from NaN. Without AMP the gradients are checked
+                # too (a term can be finite with non-finite gradients); AMP's scaler skips such steps.
+                grad_norm = None if use_amp else gradient_norm(model)
+                values = checked_loss_values(loss, terms, epoch, i, grad_norm)
                 if (i + 1) % accum_grad_iters == 0:
                     if use_amp:
                         scaler.step(optimizer)
@@ -360,22 +374,49 @@ class RetrievalListwiseTask(RetrievalTask):
         return self._relevance_agreement[key]
 
 
+def gradient_norm(model) -> torch.Tensor | None:
+    """The total 2-norm of the model's gradients as a tensor (no host sync); ``None`` without any."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else None
+
+
 def checked_loss_values(
-    loss: torch.Tensor, terms: dict[str, torch.Tensor], epoch, step: int
+    loss: torch.Tensor,
+    terms: dict[str, torch.Tensor],
+    epoch,
+    step: int,
+    grad_norm: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """The loss and its logged terms as floats (one host sync for all; the logger needs them anyway).
+    """The loss and its logged terms as floats (one host sync for all, the gradient norm included;
+    the logger needs them anyway).
 
     Raises:
-        NonFiniteLossError naming the epoch, the step and every non-finite term.
+        NonFiniteLossError naming the epoch, the step and every non-finite term; or, with
+        ``grad_norm``, non-finite gradients while every term is finite.
     """
     tensors = [loss.detach(), *terms.values()]
-    values = dict(zip(["loss", *terms], torch.stack([t.float() for t in tensors]).tolist()))
+    if grad_norm is not None:
+        tensors.append(grad_norm.detach().to(loss.device))
+    floats = torch.stack([t.float() for t in tensors]).tolist()
+    values = dict(zip(["loss", *terms], floats))
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         raise NonFiniteLossError(
             f"training stopped at epoch {epoch}, step {step}: non-finite "
             + ", ".join(f"{k} = {v}" for k, v in bad.items())
             + f" (all terms: {values}); check model.listwise.tau, model.listwise.weight and run.init_lr"
+        )
+    if grad_norm is not None and not math.isfinite(floats[-1]):
+        cause = "check the loss settings and run.init_lr"
+        if "loss_listwise" in terms:
+            cause = (
+                "with model.listwise.weight > 0 the listwise term (loss_listwise) is the usual cause: "
+                "check its relevance inputs (model.listwise.relevance.embeddings / relevance_file) and "
+                f"model.listwise.tau; else {cause}"
+            )
+        raise NonFiniteLossError(
+            f"training stopped at epoch {epoch}, step {step} before the optimizer step: the gradients are "
+            f"non-finite (norm {floats[-1]}) although every loss term is finite ({values}); {cause}"
         )
     return values
 
@@ -424,4 +465,102 @@ def check_run_sizes(cfg, datasets: dict) -> None:
             f"model.queue_size = {queue} must be a multiple of the global batch, run.batch_size_train x "
             f"processes = {batch_train} x {world} = {batch_train * world}: BLIP and ALBEF enqueue "
             "whole batches"
+        )
+
+
+def shared_image_problems(entries: Iterable[tuple[str, Any]]) -> list[str]:
+    """One problem per image file that training annotations list under more than one ``image_id``:
+    its captions would be each other's ITC negatives (and listwise negatives).
+
+    Args:
+        entries: ``(where, entry)`` of each training annotation entry, ``where`` naming it
+            (``"<file>: entry <i>"``).
+    """
+    first: dict[str, tuple[Any, str]] = {}
+    image_of_id: dict[Any, str] = {}
+    reported: set[str] = set()
+    problems = []
+    for where, entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        image, image_id = entry.get("image"), entry.get("image_id")
+        if not isinstance(image, str) or not image.strip() or image_id is None:
+            continue
+        image = os.path.normpath(image)
+        if image_of_id.setdefault(image_id, image) != image:
+            continue  # one image_id naming two images: reported as such by the annotation check
+        seen = first.setdefault(image, (image_id, where))
+        if seen[0] != image_id and image not in reported:
+            reported.add(image)
+            problems.append(
+                f"{where}: image {image!r} is listed under image_id {image_id!r} here and {seen[0]!r} in "
+                f"{seen[1]}: one image under two image_ids makes its captions each other's negatives"
+            )
+    return problems
+
+
+def _warn_shared_images(name: str, dataset) -> None:
+    """A warning when a training split lists one image file under several ``image_id``s
+    (``lavis-listwise check-data`` reports it as an error)."""
+    annotation = getattr(dataset, "annotation", None)
+    if not annotation:
+        return
+    where = f"datasets.{name} train annotation"
+    problems = shared_image_problems((f"{where} {i}", e) for i, e in enumerate(annotation))
+    if problems:
+        logging.warning(
+            "%d image file(s) of the %s training split are listed under more than one image_id; first: %s",
+            len(problems),
+            name,
+            "; ".join(problems[:3]),
+        )
+
+
+def _open_header(path: str) -> str | None:
+    """Why LAVIS's ``Image.open(path)`` would fail for ``path`` (only the header is read), or ``None``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return None
+    except Image.DecompressionBombError as err:
+        return f"DecompressionBombError: {err}"
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        return f"{type(err).__name__}: {err}"
+
+
+def check_image_headers(name: str, ds_cfg, splits: dict) -> None:
+    """Open the header of every image of every split as LAVIS's datasets do: a file PIL refuses to
+    open (a decompression bomb: more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels, or not an
+    image) fails now, naming the key and the file, not mid-epoch. No pixel is decoded (that is
+    ``lavis-listwise check-data``'s job).
+
+    Raises:
+        DataError naming ``datasets.<name>.build_info.<data_type>.storage`` and the first files.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..errors import DataError
+
+    paths: dict[str, str] = {}
+    for split, dataset in splits.items():
+        vis_root = getattr(dataset, "vis_root", None)
+        if vis_root is None:
+            continue
+        images = dataset.image if hasattr(dataset, "image") else [a.get("image") for a in dataset.annotation]
+        for image in images:
+            if isinstance(image, str):
+                paths.setdefault(os.path.join(vis_root, image), split)
+    if not paths:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = dict(zip(paths, pool.map(_open_header, paths)))
+    bad = {p: why for p, why in reasons.items() if why}
+    if bad:
+        data_type = ds_cfg.get("data_type", "images") if ds_cfg is not None else "images"
+        shown = "; ".join(f"{p} ({paths[p]} split): {why}" for p, why in list(bad.items())[:3])
+        raise DataError(
+            f"datasets.{name}.build_info.{data_type}.storage: {len(bad)} of the {len(paths)} image files "
+            f"cannot be opened as LAVIS opens them: {shown} (`lavis-listwise check-data --cfg-path <yaml>` "
+            "lists every unusable image)"
         )
