@@ -134,7 +134,8 @@ def load_ground_truth(path: str | os.PathLike, dataset, split: str, threshold: f
         threshold: ``run.gt_positive_threshold``.
     Raises:
         DataError naming the key and the file: see :func:`~lavis_listwise.relevance.read_relevance_file`,
-        and a query (image or caption) without any plausible positive.
+        a query (image or caption) without any plausible positive, and an image whose own annotated
+        captions are not all plausible positives (the first such row named).
     """
     key = f"{_KEY}.{split}"
     path = Path(path)
@@ -148,6 +149,22 @@ def load_ground_truth(path: str | os.PathLike, dataset, split: str, threshold: f
                 f"positive (relevance >= run.gt_positive_threshold = {threshold:g}; first indices: "
                 f"{lacking[:5].tolist()}); mAP@R and R-Precision need at least one per query"
             )
+    # An image's own annotated captions are plausible positives by definition: a file of the right
+    # shape from another split, or with its rows out of order, fails here.
+    from .graded import annotated_pairs
+
+    wrong = annotated_pairs(dataset) & ~positives
+    rows = wrong.any(dim=1).nonzero().flatten()
+    if rows.numel():
+        row = int(rows[0])
+        col = int(wrong[row].nonzero()[0])
+        raise DataError(
+            f"{key}: {str(path)!r}: row {row} (image {dataset.image[row]!r}) gives its own annotated "
+            f"caption {col} ({dataset.text[col]!r}) relevance {float(matrix[row, col]):.4g}, below "
+            f"run.gt_positive_threshold = {threshold:g}; {rows.numel()} of the {positives.shape[0]} images "
+            "have such captions. An image's own captions are positives by definition: is the file from "
+            "another split, or are its rows or columns in another order than LAVIS's?"
+        )
     return GroundTruth(matrix, threshold, path, key)
 
 

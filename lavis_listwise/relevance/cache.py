@@ -112,9 +112,9 @@ class CaptionEmbeddingCache:
             return None
         try:
             emb = _read(path, key)
-        except CacheCorruptError as err:
+        except (CacheCorruptError, OSError) as err:
             logger.warning("caption-embedding cache %s is unusable (%s); rebuilding it", path, err)
-            path.unlink(missing_ok=True)
+            self._remove(path)
             return None
         if emb.shape[0] != len(captions):
             logger.warning(
@@ -123,9 +123,23 @@ class CaptionEmbeddingCache:
                 emb.shape[0],
                 len(captions),
             )
-            path.unlink(missing_ok=True)
+            self._remove(path)
             return None
         return torch.from_numpy(emb.astype(np.float32))
+
+    def _remove(self, path: Path) -> None:
+        """Delete an unusable cache file; where the directory is read-only, say so and go on (the
+        rebuilt embeddings then stay in memory, see :meth:`store`)."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            logger.warning(
+                "caption-embedding cache %s cannot be removed (%s: %s); the embeddings are recomputed "
+                "and, if the directory cannot be written either, kept in memory for this run only",
+                path,
+                type(err).__name__,
+                err.strerror or err,
+            )
 
     def get(self, captions: Sequence[str], progress: bool = True) -> Tensor:
         """``[T, D]`` embeddings of ``captions``, from the cache or computed and stored."""

@@ -24,6 +24,7 @@ order (the caption-table order of :class:`~lavis_listwise.datasets.ListwiseRetri
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ __all__ = ["RelevanceMatrix", "read_relevance_file", "read_caption_embeddings", 
 
 #: Arrays of a sparse ``.npz`` relevance file.
 SPARSE_ARRAYS = ("image", "caption", "relevance")
+#: Caption-embedding rows with a larger (or below its inverse, smaller) peak magnitude are rescaled.
+_FP16_SAFE_MAX = 1024.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,9 +185,12 @@ def read_relevance_file(
 def read_caption_embeddings(path: str | os.PathLike, n_captions: int, key: str) -> Tensor:
     """``[n_captions, D]`` float32 caption embeddings from a ``.npy`` file.
 
+    Rows whose largest magnitude is above 1024 or below 1/1024 are rescaled to 1 (the model keeps the
+    table in float16, and RSC's cosines do not depend on a row's scale).
+
     Raises:
         DataError naming ``key`` and the file: missing, unreadable, not 2-D, not one row per training
-        caption, or not finite.
+        caption, or not finite (the first such value named).
     """
     path = Path(path)
     array = _numeric(_load(path, key), "the array", key, path)
@@ -194,6 +201,28 @@ def read_caption_embeddings(path: str | os.PathLike, n_captions: int, key: str) 
             f"{key}: {str(path)!r} has {array.shape[0]} rows, but the training split has {n_captions} "
             "captions (one row per training caption, in annotation order)"
         )
-    if not np.isfinite(array).all():
-        raise DataError(f"{key}: {str(path)!r} holds non-finite values")
+    finite = np.isfinite(array)
+    if not finite.all():
+        row, col = (int(i) for i in np.argwhere(~finite)[0])
+        raise DataError(
+            f"{key}: {str(path)!r} holds {int((~finite).sum())} non-finite value(s) (first: "
+            f"{array[row, col].item()!r} at row {row}, column {col})"
+        )
+    # The model keeps the table in float16 (finite up to 65504, normal from 6e-5): a row beyond that
+    # range would become inf (NaN relevance) or lose its digits. RSC uses cosines only, so such rows
+    # are rescaled to a maximum magnitude of 1 first, in float64; the other rows are kept as they are.
+    values = np.asarray(array, dtype=np.float64)
+    peak = np.abs(values).max(axis=1)
+    rescale = (peak > 0) & ((peak > _FP16_SAFE_MAX) | (peak < 1.0 / _FP16_SAFE_MAX))
+    if rescale.any():
+        values = values.copy()
+        values[rescale] /= peak[rescale, None]
+        logger.info(
+            "%s: %d of the %d rows of %s lie outside float16's safe range; rescaled (cosines unchanged)",
+            key,
+            int(rescale.sum()),
+            len(values),
+            path,
+        )
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
