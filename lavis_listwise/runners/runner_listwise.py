@@ -211,13 +211,17 @@ class RunnerListwise(RunnerBase):
         lock = open(output_dir / JOB_LOCK_NAME, "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by another process
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
             return (
                 f"job directory {output_dir} is in use by another run ({holder}): wait for it to end, "
                 "or give this run another --job-id"
+            )
+        except OSError as err:  # a file system without flock (some network mounts): run unlocked
+            logging.warning(
+                "job directory %s cannot be locked (%s): a second run in it is not detected", output_dir, err
             )
         previous = sorted({p.name for pattern in RUN_OUTPUTS for p in output_dir.glob(pattern)})
         if previous and not self._resumes_in(output_dir):
