@@ -420,63 +420,7 @@ def _check_device(run_cfg: Mapping, available: bool = False) -> str | None:
     return kind
 
 
-def _check_text_tower(model_cfg: Mapping) -> None:
-    """``model.med_config_path``, ``model.text_config`` keys and ``model.text_init`` of BLIP/ALBEF."""
-    from lavis.common.utils import get_abs_path
-
-    from .models.builders import resolve_text_init
-
-    overrides = model_cfg.get("text_config")
-    if overrides is not None and not isinstance(overrides, Mapping):
-        raise ConfigError(f"model.text_config must be a mapping of BERT config keys, got {overrides!r}")
-    med = model_cfg.get("med_config_path")
-    if overrides and med:
-        from transformers import BertConfig
-
-        path = get_abs_path(str(med))
-        if not Path(path).is_file():
-            raise ConfigError(f"model.med_config_path: {path!r} does not exist")
-        known = BertConfig.from_json_file(path)
-        unknown = sorted(k for k in overrides if not hasattr(known, k))
-        if unknown:
-            raise ConfigError(f"model.text_config: unknown BERT config key(s) {unknown} (not in {path})")
-    resolve_text_init(model_cfg.get("text_init"))
-
-
-def _check_clip_architecture(model_cfg: Mapping) -> None:
-    """CLIP's ``model.model_config``: the keys LAVIS's ``CLIPVisionCfg`` / ``CLIPTextCfg`` take."""
-    import dataclasses
-
-    from lavis.models.clip_models.model import CLIPTextCfg, CLIPVisionCfg
-
-    from .models.clip_retrieval_listwise import clip_architecture
-
-    arch = clip_architecture(model_cfg.get("model_config") or model_cfg.get("model_type"))
-    for part, klass in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
-        given = arch[part]
-        where = f"model.model_config.{part}"
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"{where} must be a mapping, got {given!r}")
-        fields = dataclasses.fields(klass)
-        names = {f.name for f in fields}
-        unknown = sorted(set(given) - names)
-        if unknown:
-            hints = [_difflib_hint(k, names) for k in unknown]
-            raise ConfigError(
-                f"{where}: unknown key(s) {unknown}{''.join(hints)}; LAVIS's {klass.__name__} takes "
-                f"{sorted(names)}"
-            )
-        required = [
-            f.name
-            for f in fields
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [k for k in required if k not in given]
-        if missing:
-            raise ConfigError(f"{where}: missing key(s) {missing} ({klass.__name__} has no default for them)")
-
-
-def _difflib_hint(name: str, valid) -> str:
+def difflib_hint(name: str, valid) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``valid``, or nothing."""
     import difflib
 
@@ -541,12 +485,9 @@ def check_settings(model_cfg, run_cfg, model_defaults=None, model_cls: type | No
     if model_defaults is not None:
         _check_types(_plain(model_defaults), model, "model.")
     ListwiseConfig.from_cfg(model.get("listwise"))
-    from .models.clip_retrieval_listwise import ClipRetrievalListwise
-
-    if issubclass(model_cls, ClipRetrievalListwise):
-        _check_clip_architecture(model)
-    else:
-        _check_text_tower(model)
+    check_model = getattr(model_cls, "check_model_config", None)  # the arch checks its own keys
+    if check_model is not None:
+        check_model(model)
 
 
 def check_environment(cfg) -> None:
@@ -594,8 +535,7 @@ def check_run_device(cfg_path: str, options=()) -> None:
     """
     from omegaconf import DictConfig, OmegaConf
 
-    from .config_check import parse_options
-    from .config_io import read_yaml_file
+    from .config_io import parse_options, read_yaml_file
 
     merged = OmegaConf.merge(read_yaml_file(cfg_path), parse_options(options))
     run = merged.get("run") if isinstance(merged, DictConfig) else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -593,3 +593,20 @@ def stock_twin(model):
     stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
     stock.temp.data.copy_(model.temp.data)
     return stock.to(model.device)
+
+
+def check_text_tower(model_cfg: Mapping) -> None:
+    """``model.med_config_path``, ``model.text_config`` keys and ``model.text_init`` of BLIP/ALBEF."""
+    overrides = model_cfg.get("text_config")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError(f"model.text_config must be a mapping of BERT config keys, got {overrides!r}")
+    med = model_cfg.get("med_config_path")
+    if overrides and med:
+        path = get_abs_path(str(med))
+        if not Path(path).is_file():
+            raise ConfigError(f"model.med_config_path: {path!r} does not exist")
+        known = BertConfig.from_json_file(path)
+        unknown = sorted(k for k in overrides if not hasattr(known, k))
+        if unknown:
+            raise ConfigError(f"model.text_config: unknown BERT config key(s) {unknown} (not in {path})")
+    resolve_text_init(model_cfg.get("text_init"))

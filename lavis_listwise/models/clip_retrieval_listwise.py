@@ -44,7 +44,7 @@ from lavis.models.clip_models.tokenizer import _tokenizer, tokenize
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from ..config import ListwiseConfig
+from ..config import ListwiseConfig, difflib_hint
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
 from ..registration import register_once
@@ -227,6 +227,11 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
 
     # Replaces CLIP.from_config: LAVIS's create_model builds CLIP, not this class (UPSTREAMING 12).
     @classmethod
+    def check_model_config(cls, model_cfg) -> None:
+        """CLIP's ``model.model_config``: the keys LAVIS's ``CLIPVisionCfg`` / ``CLIPTextCfg`` take."""
+        check_clip_architecture(model_cfg)
+
+    @classmethod
     def from_config(cls, cfg=None):
         """The model from ``model.model_config`` (default: ``model_type``, one of LAVIS's CLIP
         architectures), with ``model.pretrained`` weights as LAVIS's ``CLIP.from_config`` loads them
@@ -354,3 +359,34 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
             loss_itc=loss_itc,
         )
         return self.add_listwise_term(output, samples)
+
+
+def check_clip_architecture(model_cfg: Mapping) -> None:
+    """CLIP's ``model.model_config``: the keys LAVIS's ``CLIPVisionCfg`` / ``CLIPTextCfg`` take."""
+    import dataclasses
+
+    from lavis.models.clip_models.model import CLIPTextCfg, CLIPVisionCfg
+
+    arch = clip_architecture(model_cfg.get("model_config") or model_cfg.get("model_type"))
+    for part, klass in (("vision_cfg", CLIPVisionCfg), ("text_cfg", CLIPTextCfg)):
+        given = arch[part]
+        where = f"model.model_config.{part}"
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {given!r}")
+        fields = dataclasses.fields(klass)
+        names = {f.name for f in fields}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            hints = [difflib_hint(k, names) for k in unknown]
+            raise ConfigError(
+                f"{where}: unknown key(s) {unknown}{''.join(hints)}; LAVIS's {klass.__name__} takes "
+                f"{sorted(names)}"
+            )
+        required = [
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in required if k not in given]
+        if missing:
+            raise ConfigError(f"{where}: missing key(s) {missing} ({klass.__name__} has no default for them)")

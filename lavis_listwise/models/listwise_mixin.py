@@ -24,6 +24,7 @@ from .builders import (
     build_bert_tokenizer,
     build_text_encoder,
     build_vision_encoder,
+    check_text_tower,
     load_configured_checkpoint,
     refuse_unread_checkpoints,
 )
@@ -163,6 +164,12 @@ class ListwiseRetrievalMixin:
         return loaded
 
     # Replaces BlipBase/AlbefBase.init_tokenizer: it downloads bert-base-uncased (UPSTREAMING 8).
+    @classmethod
+    def check_model_config(cls, model_cfg) -> None:
+        """This arch's own ``model.*`` values, checked when the config is read, before anything is built
+        (:func:`~lavis_listwise.config.check_settings`): the BERT text tower's keys and ``text_init``."""
+        check_text_tower(model_cfg)
+
     def init_tokenizer(self):
         """Offline tokenizer from ``model.tokenizer`` (LAVIS's is a classmethod that downloads)."""
         return build_bert_tokenizer(self._tokenizer_source, self.blip_special_tokens)
