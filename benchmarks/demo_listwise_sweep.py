@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, overrides in settings.items():
             out = Path(args.output_dir).resolve() / f"seed{seed}-{name}"
             opts = validation_data_options(root) + [f"run.output_dir={out}", f"run.seed={seed}"]
+            opts.append("run.overwrite_output=True")  # a rerun of the sweep replaces its runs
             # the run's "test" split is val (validation_data_options): its ground truth is val's too
             opts += [f"run.gt_relevance.{s}={relevance_file(root, 'val')}" for s in ("val", "test")]
             opts += [o.format(**subs) for o in overrides]

@@ -44,6 +44,7 @@ def build_validation_run(cfg_path: str, options: list[str]) -> tuple[object, Pat
     root = ensure_synthetic_dataset(demo_data_root(data), **data)
     paths = validation_data_options(root)  # the test entry points at val, so test is never read
     paths += ["run.test_splits=[]", "run.valid_splits=[val]", "run.output_dir=output/demo_recipe"]
+    paths.append("run.overwrite_output=True")  # a rerun replaces the earlier one
     runner = build_run(
         argparse.Namespace(cfg_path=cfg_path, options=paths + list(options), job_id="recipe"), quiet=True
     )

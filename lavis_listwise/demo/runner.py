@@ -303,7 +303,9 @@ def run_demo(
     print(f"[demo] data: {data} -> {root}", flush=True)
     root = ensure_synthetic_dataset(root, **data)
 
-    base = _data_options(root) + [f"run.output_dir={output_dir}"] + list(extra_options or [])
+    # the demo owns its output directory: a rerun replaces the earlier run's arms (results.json too)
+    base = _data_options(root) + [f"run.output_dir={output_dir}", "run.overwrite_output=True"]
+    base += list(extra_options or [])
     runs: dict[int, dict[str, dict]] = {}
     with process_group_released():  # the one-process group the first run sets up serves them all
         for seed in seeds:
