@@ -157,12 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "relevance-report",
         _relevance_report,
-        help="agreement of the training relevance with run.gt_relevance, before training",
-        description="Build the YAML's datasets, compute RSC with its model.listwise.relevance on every "
-        "evaluation split that has ground truth (run.gt_relevance) and print how well they agree "
-        "(Spearman, NDCG@10 of the relevance as a ranker, gain quantiles). No model is built.",
+        help="how good the training relevance is, against human judgments or run.gt_relevance",
+        description="With --annotation and --judgments: embed the annotation's captions, and for the "
+        "paper's mapping, fixed floors and floor auto print ranking quality and calibration against each "
+        "judgment source, with the setting the documented rule recommends (use calibration or validation "
+        "judgments only). With --cfg-path alone: build the YAML's datasets, compute RSC on every "
+        "evaluation split that has ground truth (run.gt_relevance) and print how well they agree. "
+        "No model is built.",
     )
-    report.add_argument("--cfg-path", required=True, help="the run's YAML (the same file train takes)")
+    report.add_argument(
+        "--cfg-path",
+        default=None,
+        help="the run's YAML (the same file train takes); with --annotation: "
+        "only its model.listwise.relevance encoder and cache are used",
+    )
+    report.add_argument(
+        "--annotation",
+        default=None,
+        help="a LAVIS evaluation annotation JSON to judge (instead of the "
+        "YAML's datasets); needs --judgments",
+    )
+    report.add_argument(
+        "--judgments",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="human judgments: eccv, cxc "
+        "(the eccv-caption package's positives), cxc-graded:SITS.csv or plain:FILE.csv; repeatable",
+    )
+    report.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="the run's global batch size, the in-batch list length "
+        "(default: %(default)s, the COCO recipes' 8 x 32)",
+    )
+    report.add_argument(
+        "--floors",
+        type=float,
+        nargs="+",
+        default=None,
+        help="fixed floors to compare besides the paper's mapping and floor auto "
+        "(default: 0.2 0.3 0.35 0.4 0.45 0.5 0.6 0.7)",
+    )
     report.add_argument("--options", nargs="+", default=[], help="key=value overrides, as for train")
     report.add_argument("--json", type=Path, default=None, help="also write the report to this JSON file")
     return parser

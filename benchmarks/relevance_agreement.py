@@ -41,6 +41,12 @@ from lavis_listwise.demo import demo_data_root  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
 from lavis_listwise.evaluation import relevance_agreement  # noqa: E402
 from lavis_listwise.relevance import rsc_relevance_from_table  # noqa: E402
+from lavis_listwise.relevance.calibration import (  # noqa: E402
+    RULE,
+    RelevanceSetting,
+    auto_floor_from_table,
+    select_setting,
+)
 
 #: The demo recipe in this repository (benchmarks run from a checkout).
 DEMO_YAML = Path(__file__).resolve().parents[1] / "projects" / "demo" / "demo.yaml"
@@ -56,6 +62,8 @@ COLUMNS = (
     ("gain_mae", "gain MAE", "{:.3f}"),
     ("gain_mean_gt_zero", "gain, gt = 0", "{:.3f}"),
     ("gain_mean_gt_positive", "gain, gt = 1", "{:.3f}"),
+    ("relevant_at_zero", "gt = 1 at gain 0", "{:.1%}"),
+    ("irrelevant_share", "gt < 1 share", "{:.1%}"),
 )
 
 
@@ -91,26 +99,14 @@ def options_grid(floors: list[float], sharpens: list[float]) -> list[tuple[str, 
     return grid
 
 
-#: How a setting is chosen from the table (on the validation split).
-RULE = (
-    "the smallest gain MAE among the options that keep the paper's rank agreement (Spearman in both "
-    "directions at most 0.01 below it)"
-)
-
-
-def recommend(rows: list[tuple[str, dict, dict]]) -> tuple[str, dict]:
-    """The option :data:`RULE` picks: order agreement is what a monotone shaping can only lose (through
-    ties), gain MAE is what it changes. The oracle row is not a candidate."""
-    paper = rows[0][2]
+def recommend(rows: list[tuple[str, dict, dict]]) -> tuple[str, dict] | None:
+    """The setting :func:`~lavis_listwise.relevance.calibration.select_setting` picks (the plausible
+    positives as the judged-relevant pairs); the oracle row is not a candidate."""
     candidates = [
-        (values["gain_mae"], label, keys)
-        for label, keys, values in rows
-        if "relevance_file" not in keys
-        and values["spearman_i2t"] >= paper["spearman_i2t"] - 0.01
-        and values["spearman_t2i"] >= paper["spearman_t2i"] - 0.01
+        (RelevanceSetting(label), values) for label, keys, values in rows if "relevance_file" not in keys
     ]
-    _, label, keys = min(candidates, key=lambda c: c[0])
-    return label, keys
+    picked = select_setting(candidates)
+    return None if picked is None else next((label, keys) for label, keys, _ in rows if label == picked.label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sharpens", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--encoder", default=None, help="local sentence-encoder directory (default: bundled)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="in-batch list length (default: the YAML's batch_size_train)",
+    )
     args = parser.parse_args(argv)
 
     start = time.time()
-    data = dict(OmegaConf.load(args.cfg_path or DEMO_YAML).demo.data)
+    yaml = OmegaConf.load(args.cfg_path or DEMO_YAML)
+    data = dict(yaml.demo.data)
+    batch_size = args.batch_size or int(yaml.run.batch_size_train)
     root = ensure_synthetic_dataset(args.data_dir or demo_data_root(data), **data)
     captions, groups = split_captions(root, args.split)
     ground_truth = torch.from_numpy(np.load(relevance_file(root, args.split)))
@@ -145,15 +149,29 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    # floor auto as training computes it: from the training captions alone
+    train_captions, train_groups = split_captions(root, "train")
+    auto = round(
+        auto_floor_from_table(
+            base.caption_cache().get(train_captions), caption_groups_to_index(train_groups)
+        ),
+        4,
+    )
+    grid = options_grid(args.floors, args.sharpens)
+    grid.append((f"floor auto (= {auto:.3f}, from the train captions)", {"floor": auto}))
     rows = []
-    for label, keys in options_grid(args.floors, args.sharpens):
+    for label, keys in grid:
         cfg = RelevanceConfig.from_cfg({"encoder": args.encoder, **keys})
         relevance = rsc_relevance_from_table(
             embeddings, index, torch.arange(len(captions)), annotated, **cfg.shaping
         )
-        rows.append((label, keys, relevance_agreement(relevance, ground_truth, annotated)))
-    rows.append(("oracle (ground truth as relevance_file)", {"relevance_file": "relevance/train.npy"},
-                 relevance_agreement(ground_truth, ground_truth, annotated)))  # fmt: skip
+        rows.append(
+            (label, keys, relevance_agreement(relevance, ground_truth, annotated, batch_size=batch_size))
+        )
+    oracle = relevance_agreement(ground_truth, ground_truth, annotated, batch_size=batch_size)
+    rows.append(
+        ("oracle (ground truth as relevance_file)", {"relevance_file": "<data>/relevance/train.npy"}, oracle)
+    )
 
     head = "| relevance | " + " | ".join(name for _, name, _ in COLUMNS) + " |"
     print(head)
@@ -161,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     for label, _, values in rows:
         cells = ["" if values[k] is None else fmt.format(values[k]) for k, _, fmt in COLUMNS]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    label, keys = recommend(rows)
-    print(f"[relevance] recommended ({RULE}): {label}, i.e. model.listwise.relevance: {json.dumps(keys)}")
+    picked = recommend(rows)
+    print(f"[relevance] batch size {batch_size}; plausible positives (gt = 1) as the judged-relevant pairs")
+    if picked is None:
+        print(f"[relevance] no setting qualifies ({RULE})")
+    else:
+        keys = json.dumps(picked[1])
+        print(f"[relevance] recommended ({RULE}): {picked[0]}, i.e. model.listwise.relevance: {keys}")
     print(f"[relevance] {time.time() - start:.0f} s", flush=True)
     if args.json is not None:
         table = [{"relevance": label, "keys": keys, **values} for label, keys, values in rows]

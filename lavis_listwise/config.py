@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 _KEY = "model.listwise"
+#: ``model.listwise.relevance.floor: auto``.
+AUTO = "auto"
 
 
 class MissingPathError(ConfigError, FileNotFoundError):
@@ -44,6 +47,14 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lavis-listwise"
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _unknown(given: Mapping, allowed: set[str], where: str) -> None:
@@ -62,6 +73,11 @@ class RelevanceConfig:
       paper lacks, :func:`~lavis_listwise.relevance.shape_cosines`. ``floor: c`` maps cosines at or
       below ``c`` to 0 and rescales the rest to ``[0, 1]``; ``sharpen: p`` raises the result to the
       power ``p``. Ground-truth captions stay 1. They shape the evaluation's RSC NDCG too.
+      ``floor: auto`` computes the floor from the training captions alone
+      (:func:`~lavis_listwise.relevance.calibration.auto_floor_from_table`: the equal-error cut between
+      the cosines of an image's captions to each other and those of images to other images'
+      captions), when the caption table is ready; an evaluation without training computes it from
+      the evaluated split's captions.
     * ``embeddings``: a ``.npy`` ``[n_train_captions, D]`` of precomputed caption embeddings in the
       training captions' order (the published code's workflow) used instead of encoding them.
     * ``relevance_file``: a precomputed training relevance (``.npy`` dense or ``.npz`` sparse,
@@ -75,8 +91,9 @@ class RelevanceConfig:
     encoder: str | None = None  # local HF encoder directory; None = bundled all-MiniLM-L6-v2
     cache_dir: Path = field(default_factory=default_cache_dir)
     batch_size: int = 256
-    floor: float | None = None
+    floor: float | str | None = None  # a cosine, None (the paper's mapping) or "auto" (until resolved)
     sharpen: float = 1.0
+    auto_floor: bool = False  # the floor was computed by floor: auto
     embeddings: Path | None = None
     relevance_file: Path | None = None
 
@@ -89,10 +106,25 @@ class RelevanceConfig:
         """The training relevance in words, e.g. ``RSC (1 + cos) / 2`` or ``relevance file x.npy``."""
         if self.relevance_file is not None:
             return f"relevance file {self.relevance_file}"
-        mapping = "(1 + cos) / 2" if self.floor is None else f"floor {self.floor:g}"
+        if self.floor is None:
+            mapping = "(1 + cos) / 2"
+        elif self.floor == AUTO:
+            mapping = "floor auto"
+        else:
+            mapping = f"floor {'auto = ' if self.auto_floor else ''}{self.floor:.4g}"
         source = f", embeddings {self.embeddings}" if self.embeddings is not None else ""
         sharpen = f", sharpen {self.sharpen:g}" if self.sharpen != 1.0 else ""
         return f"RSC {mapping}{sharpen}{source}"
+
+    def with_auto_floor(self, table: Tensor, image_caption_index: Tensor) -> RelevanceConfig:
+        """These settings with ``floor: auto`` computed from a caption table (``[T, D]``) and its
+        images' caption rows (``[I, K]``, ``-1`` padded); unchanged unless ``floor`` is ``auto``."""
+        if self.floor != AUTO:
+            return self
+        from .relevance.calibration import auto_floor_from_table
+
+        floor = round(auto_floor_from_table(table, image_caption_index), 4)
+        return dataclasses.replace(self, floor=floor, auto_floor=True)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> RelevanceConfig:
@@ -118,10 +150,14 @@ class RelevanceConfig:
         cache_dir = Path(str(cache_dir)).expanduser().resolve() if cache_dir else default_cache_dir()
         batch_size = _integer(cfg.get("batch_size", 256), f"{where}.batch_size", minimum=1)
         floor = cfg.get("floor")
-        if floor is not None:
+        if isinstance(floor, str) and floor.strip().lower() == AUTO:
+            floor = AUTO
+        elif isinstance(floor, str) and not _is_float(floor):
+            raise ConfigError(f"{where}.floor must be a cosine in [-1, 1), auto or null, got {floor!r}")
+        elif floor is not None:
             floor = _number(floor, f"{where}.floor")
             if not -1.0 <= floor < 1.0:
-                raise ConfigError(f"{where}.floor must be a cosine in [-1, 1) or null, got {floor}")
+                raise ConfigError(f"{where}.floor must be a cosine in [-1, 1), auto or null, got {floor}")
         sharpen = _number(cfg.get("sharpen", 1.0), f"{where}.sharpen")
         if not sharpen > 0:
             raise ConfigError(f"{where}.sharpen must be > 0, got {sharpen}")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["recall_at_k", "ndcg_at_k", "map_at_r", "r_precision", "map_at_r_and_r_precision"]
-__all__ += ["dcg_discounts", "lavis_recalls"]
+__all__ += ["average_ranks", "dcg_discounts", "lavis_recalls", "row_spearman"]
 
 #: Elements of one row chunk (rows x candidates) handled at once.
 _CHUNK_ELEMENTS = 1 << 24
@@ -176,3 +176,40 @@ def lavis_recalls(score_i2t, score_t2i, txt2img: dict, img2txt: dict) -> dict[st
         out[f"{prefix}_r_mean"] = (out[f"{prefix}_r1"] + out[f"{prefix}_r5"] + out[f"{prefix}_r10"]) / 3
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
     return out
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """1-based ranks of each row's values, ties given their average rank (as ``scipy.stats.rankdata``).
+
+    Args:
+        values: ``[R, N]``.
+    Returns:
+        ``[R, N]`` float64 ranks.
+    """
+    n = values.shape[1]
+    ordered, order = values.sort(dim=1)
+    position = torch.arange(n, device=values.device).expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(dim=1).values
+    last = torch.where(ends, position, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
+    return ranks.scatter_(1, order, (first + last).to(torch.float64) / 2 + 1)
+
+
+def row_spearman(x: Tensor, y: Tensor, keep: Tensor) -> Tensor:
+    """``[R]`` Spearman correlation of ``x`` and ``y`` over each row's kept entries; NaN where
+    fewer than two are kept or either side is constant there."""
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    # dropped entries rank after every kept one, so the kept entries' ranks are their ranks among them
+    rx = average_ranks(torch.where(keep, x.double(), inf))
+    ry = average_ranks(torch.where(keep, y.double(), inf))
+    w = keep.double()
+    n = w.sum(dim=1)
+    rx = (rx - (rx * w).sum(dim=1, keepdim=True) / n.clamp(min=1)[:, None]) * w
+    ry = (ry - (ry * w).sum(dim=1, keepdim=True) / n.clamp(min=1)[:, None]) * w
+    var = (rx * rx).sum(dim=1) * (ry * ry).sum(dim=1)
+    rho = (rx * ry).sum(dim=1) / var.sqrt().clamp(min=1e-300)
+    return torch.where((n >= 2) & (var > 0), rho, torch.full_like(rho, float("nan")))

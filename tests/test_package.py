@@ -103,8 +103,8 @@ def _cfg_file(tmp_path, problem):
 @pytest.mark.parametrize("command", ["train", "evaluate", "check-data", "relevance-report", "demo"])
 @pytest.mark.parametrize(
     "problem, says",
-    [("missing", "does not exist"), ("directory", "is a directory, not a YAML file"), ("not utf-8", "cannot read"),
-     ("bad yaml", "is not valid YAML")],
+    [("missing", "does not exist"), ("directory", "is a directory, not a YAML file"),
+     ("not utf-8", "cannot read"), ("bad yaml", "is not valid YAML")],
 )  # fmt: skip
 def test_a_bad_cfg_path_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, command, problem, says):
     monkeypatch.delenv("LAVIS_LISTWISE_TRACEBACK", raising=False)

@@ -165,7 +165,7 @@ def test_relevance_config_shaping_keys(tmp_path):
     key = "model.listwise.relevance"
     for cfg, match in (
         ({"floor": 1.0}, rf"{key}.floor must be a cosine in \[-1, 1\)"),
-        ({"floor": "low"}, rf"{key}.floor must be a number"),
+        ({"floor": "low"}, rf"{key}.floor must be a cosine in \[-1, 1\), auto or null, got 'low'"),
         ({"sharpen": -1}, rf"{key}.sharpen must be > 0"),
         ({"embeddings": str(tmp_path / "none.npy")}, rf"{key}.embeddings: file .* does not exist"),
         ({"embeddings": str(rel)}, rf"{key}.embeddings: .* must be a .npy file"),

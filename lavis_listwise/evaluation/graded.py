@@ -22,11 +22,13 @@ def annotated_pairs(dataset) -> torch.Tensor:
 
 def split_rsc_relevance(dataset, relevance) -> torch.Tensor:
     """RSC relevance ``[n_images, n_captions]`` of an evaluation split (a LAVIS ``RetrievalEvalDataset``
-    or the plugin's), with the caption cache and shaping of ``relevance`` (a ``RelevanceConfig``)."""
+    or the plugin's), with the caption cache and shaping of ``relevance`` (a ``RelevanceConfig``).
+    A ``floor: auto`` that training has not resolved is computed from this split's captions."""
     emb = relevance.caption_cache().get(dataset.text)
     index = getattr(dataset, "image_caption_index", None)
     if index is None:  # a stock LAVIS eval dataset
         index = caption_groups_to_index([dataset.img2txt[i] for i in range(len(dataset.image))])
+    relevance = relevance.with_auto_floor(emb, index)
     return rsc_relevance_from_table(
         emb, index, torch.arange(len(dataset.text)), annotated_pairs(dataset), **relevance.shaping
     )

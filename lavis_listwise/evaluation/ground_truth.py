@@ -38,7 +38,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
-from ..metrics import map_at_r_and_r_precision, ndcg_at_k
+from ..metrics import average_ranks, map_at_r_and_r_precision, ndcg_at_k, row_spearman
+from ..relevance.calibration import calibration_figures
 from ..relevance.files import read_relevance_file
 
 __all__ = [
@@ -187,49 +188,12 @@ def ground_truth_metrics(score_i2t, score_t2i, ground_truth: GroundTruth) -> dic
     return out
 
 
-def average_ranks(values: Tensor) -> Tensor:
-    """1-based ranks of each row's values, ties given their average rank (as ``scipy.stats.rankdata``).
-
-    Args:
-        values: ``[R, N]``.
-    Returns:
-        ``[R, N]`` float64 ranks.
-    """
-    n = values.shape[1]
-    ordered, order = values.sort(dim=1)
-    position = torch.arange(n, device=values.device).expand_as(ordered)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    ends = torch.ones_like(starts)
-    ends[:, :-1] = starts[:, 1:]
-    first = torch.where(starts, position, 0).cummax(dim=1).values
-    last = torch.where(ends, position, n - 1).flip(1).cummin(dim=1).values.flip(1)
-    ranks = torch.empty(values.shape, dtype=torch.float64, device=values.device)
-    return ranks.scatter_(1, order, (first + last).to(torch.float64) / 2 + 1)
-
-
-def _row_spearman(x: Tensor, y: Tensor, keep: Tensor) -> Tensor:
-    """``[R]`` Spearman correlation of ``x`` and ``y`` over each row's kept entries; NaN where
-    fewer than two are kept or either side is constant there."""
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
-    # dropped entries rank after every kept one, so the kept entries' ranks are their ranks among them
-    rx = average_ranks(torch.where(keep, x.double(), inf))
-    ry = average_ranks(torch.where(keep, y.double(), inf))
-    w = keep.double()
-    n = w.sum(dim=1)
-    rx = (rx - (rx * w).sum(dim=1, keepdim=True) / n.clamp(min=1)[:, None]) * w
-    ry = (ry - (ry * w).sum(dim=1, keepdim=True) / n.clamp(min=1)[:, None]) * w
-    var = (rx * rx).sum(dim=1) * (ry * ry).sum(dim=1)
-    rho = (rx * ry).sum(dim=1) / var.sqrt().clamp(min=1e-300)
-    return torch.where((n >= 2) & (var > 0), rho, torch.full_like(rho, float("nan")))
-
-
 def _mean_spearman(x: Tensor, y: Tensor, keep: Tensor) -> tuple[float, int]:
     """Mean per-row Spearman over rows where it is defined, and the number of rows left out."""
     rows = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
     rhos = torch.cat(
         [
-            _row_spearman(x[r : r + rows].contiguous(), y[r : r + rows].contiguous(), keep[r : r + rows])
+            row_spearman(x[r : r + rows].contiguous(), y[r : r + rows].contiguous(), keep[r : r + rows])
             for r in range(0, x.shape[0], rows)
         ]
     )
@@ -243,6 +207,7 @@ def relevance_agreement(
     annotated: Tensor | None = None,
     k: int = 10,
     positive_threshold: float = 1.0,
+    batch_size: int | None = None,
 ) -> dict[str, float | int | None]:
     """How well a training relevance agrees with the ground truth on one split.
 
@@ -272,7 +237,13 @@ def relevance_agreement(
           judges the magnitudes, which set how much the loss weighs each pair against the positives;
         * ``gain_mean_gt_zero``: mean training gain of non-annotated pairs whose ground truth is 0
           (nothing the caption states holds), and ``gain_mean_gt_positive`` of the non-annotated
-          plausible positives (``None`` if there are none).
+          plausible positives (``None`` if there are none);
+        * with ``batch_size`` (the run's global batch, an in-batch list's length), the calibration
+          figures of :func:`~lavis_listwise.relevance.calibration.calibration_figures` with the plausible
+          positives as the judged-relevant pairs and every other pair as judged irrelevant:
+          ``gain_relevant``, ``gain_irrelevant``, ``gain_ratio``, ``relevant_at_zero``,
+          ``irrelevant_share`` and ``batch_size``, as the relevance report gives them against human
+          judgments.
     """
     if relevance.shape != ground_truth.shape or relevance.dim() != 2:
         raise ValueError(
@@ -303,4 +274,8 @@ def relevance_agreement(
     zero, positive = keep & (gt == 0), keep & (gt >= positive_threshold)
     out["gain_mean_gt_zero"] = float(gain[zero].double().mean()) if zero.any() else None
     out["gain_mean_gt_positive"] = float(gain[positive].double().mean()) if positive.any() else None
+    if batch_size is not None:
+        judged = torch.ones(rel.shape[0], dtype=torch.bool)
+        relevant = gt >= positive_threshold
+        out |= calibration_figures(rel, annotated, relevant, judged, batch_size) | {"batch_size": batch_size}
     return out

@@ -5,6 +5,7 @@ from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
 from .files import RelevanceMatrix, read_caption_embeddings, read_relevance_file
 from .rsc import (
+    best_cosines,
     caption_groups_to_index,
     check_shaping,
     rsc_relevance,
@@ -15,6 +16,7 @@ from .rsc import (
 __all__ = [
     "CacheCorruptError",
     "CaptionEmbeddingCache",
+    "best_cosines",
     "RelevanceMatrix",
     "SentenceEncoder",
     "caption_cache_key",

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "best_cosines",
     "caption_groups_to_index",
     "check_shaping",
     "rsc_relevance",
@@ -59,6 +60,50 @@ def shape_cosines(cos: Tensor, floor: float | None = None, sharpen: float = 1.0)
     return cos
 
 
+def best_cosines(
+    image_caption_emb: Tensor, caption_emb: Tensor, caption_mask: Tensor | None = None
+) -> Tensor:
+    """``c_it = max_k cos(e(c_ik), e(t))``: each candidate caption's best cosine to an image's own captions.
+
+    Args:
+        image_caption_emb: ``[I, K, D]`` embeddings of each image's ground-truth captions.
+        caption_emb: ``[T, D]`` embeddings of the candidate captions.
+        caption_mask: ``[I, K]`` bool, True for real (not padded) captions; ``None``: all real.
+    Returns:
+        ``[I, T]`` cosines in ``[-1, 1]``, fp32 (fp64 for fp64 inputs). Not differentiable.
+    """
+    if image_caption_emb.dim() != 3 or caption_emb.dim() != 2:
+        raise ValueError(
+            "image_caption_emb must be [I, K, D] and caption_emb [T, D], got "
+            f"{tuple(image_caption_emb.shape)} and {tuple(caption_emb.shape)}"
+        )
+    n_img, k, dim = image_caption_emb.shape
+    if caption_emb.shape[1] != dim:
+        raise ValueError(f"embedding widths differ: {dim} (images) vs {caption_emb.shape[1]} (captions)")
+    if caption_mask is None:
+        caption_mask = torch.ones(n_img, k, dtype=torch.bool, device=image_caption_emb.device)
+    elif caption_mask.shape != (n_img, k):
+        raise ValueError(f"caption_mask must be [I, K] = {(n_img, k)}, got {tuple(caption_mask.shape)}")
+    caption_mask = caption_mask.to(torch.bool)
+    empty = (~caption_mask.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{empty.numel()} image(s) have no ground-truth caption (first indices: {empty[:5].tolist()}); "
+            "RSC needs at least one caption per image"
+        )
+    dtype = torch.float64 if image_caption_emb.dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        img = F.normalize(image_caption_emb.to(dtype), dim=-1)
+        txt = F.normalize(caption_emb.to(dtype), dim=-1)
+        out = torch.empty(n_img, txt.shape[0], dtype=dtype, device=txt.device)
+        rows = max(1, _CHUNK_ELEMENTS // max(1, k * txt.shape[0]))
+        for i0 in range(0, n_img, rows):
+            cos = torch.einsum("ikd,td->ikt", img[i0 : i0 + rows], txt)
+            cos.masked_fill_(~caption_mask[i0 : i0 + rows, :, None], float("-inf"))
+            out[i0 : i0 + rows] = cos.amax(dim=1)
+    return out
+
+
 def rsc_relevance(
     image_caption_emb: Tensor,
     caption_emb: Tensor,
@@ -84,42 +129,12 @@ def rsc_relevance(
         ``[I, T]`` relevance in ``[0, 1]``, fp32 (fp64 for fp64 inputs). Not differentiable.
     """
     check_shaping(floor, sharpen)
-    if image_caption_emb.dim() != 3 or caption_emb.dim() != 2:
-        raise ValueError(
-            "image_caption_emb must be [I, K, D] and caption_emb [T, D], got "
-            f"{tuple(image_caption_emb.shape)} and {tuple(caption_emb.shape)}"
-        )
-    n_img, k, dim = image_caption_emb.shape
-    if caption_emb.shape[1] != dim:
-        raise ValueError(f"embedding widths differ: {dim} (images) vs {caption_emb.shape[1]} (captions)")
-    if positive_mask.shape != (n_img, caption_emb.shape[0]):
-        raise ValueError(
-            f"positive_mask must be [I, T] = {(n_img, caption_emb.shape[0])}, "
-            f"got {tuple(positive_mask.shape)}"
-        )
-    if caption_mask is None:
-        caption_mask = torch.ones(n_img, k, dtype=torch.bool, device=image_caption_emb.device)
-    elif caption_mask.shape != (n_img, k):
-        raise ValueError(f"caption_mask must be [I, K] = {(n_img, k)}, got {tuple(caption_mask.shape)}")
-    caption_mask = caption_mask.to(torch.bool)
-    empty = (~caption_mask.any(dim=1)).nonzero().flatten()
-    if empty.numel():
-        raise ValueError(
-            f"{empty.numel()} image(s) have no ground-truth caption (first indices: {empty[:5].tolist()}); "
-            "RSC needs at least one caption per image"
-        )
-    dtype = torch.float64 if image_caption_emb.dtype == torch.float64 else torch.float32
-    with torch.no_grad():
-        img = F.normalize(image_caption_emb.to(dtype), dim=-1)
-        txt = F.normalize(caption_emb.to(dtype), dim=-1)
-        out = torch.empty(n_img, txt.shape[0], dtype=dtype, device=txt.device)
-        rows = max(1, _CHUNK_ELEMENTS // max(1, k * txt.shape[0]))
-        for i0 in range(0, n_img, rows):
-            cos = torch.einsum("ikd,td->ikt", img[i0 : i0 + rows], txt)
-            cos.masked_fill_(~caption_mask[i0 : i0 + rows, :, None], float("-inf"))
-            out[i0 : i0 + rows] = cos.amax(dim=1)
-        shape_cosines(out, floor, sharpen)
-        out.masked_fill_(positive_mask.to(torch.bool), 1.0)
+    expected = (image_caption_emb.shape[0], caption_emb.shape[0]) if caption_emb.dim() == 2 else None
+    if expected is not None and image_caption_emb.dim() == 3 and positive_mask.shape != expected:
+        raise ValueError(f"positive_mask must be [I, T] = {expected}, got {tuple(positive_mask.shape)}")
+    out = best_cosines(image_caption_emb, caption_emb, caption_mask)
+    shape_cosines(out, floor, sharpen)
+    out.masked_fill_(positive_mask.to(device=out.device, dtype=torch.bool), 1.0)
     return out
 
 

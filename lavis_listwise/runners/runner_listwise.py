@@ -3,6 +3,7 @@ warms the caption-embedding cache, and checkpoints everything needed to resume e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -328,6 +329,7 @@ class RunnerListwise(RunnerBase):
             )
         n_images = sum(d.num_images for d in self.task.train_caption_datasets)
         if model.load_precomputed_relevance(len(captions), n_images):  # relevance.embeddings / relevance_file
+            self._resolve_auto_floor(model)
             return
         cache = model.listwise_cfg.relevance.caption_cache()
         cache.encoder.device = self.device
@@ -353,6 +355,21 @@ class RunnerListwise(RunnerBase):
                 table = cache.store(captions, emb, write=rank == 0)
         logging.info("caption-embedding table: %d x %d (%s)", *table.shape, cache.path_for(captions))
         model.set_caption_embeddings(table)
+        self._resolve_auto_floor(model)
+
+    def _resolve_auto_floor(self, model) -> None:
+        """``model.listwise.relevance.floor: auto``: computed from the training captions' table, the
+        same on every rank (a fixed-seed sample of the same table), before the first step."""
+        relevance = model.listwise_cfg.relevance
+        if relevance.floor != "auto" or model.caption_embeddings is None:
+            return
+        index = torch.cat(
+            [torch.where(d.image_caption_index >= 0, d.image_caption_index + d.caption_offset, -1)
+             for d in self.task.train_caption_datasets]
+        )  # fmt: skip
+        resolved = relevance.with_auto_floor(model.caption_embeddings, index)
+        model.listwise_cfg = dataclasses.replace(model.listwise_cfg, relevance=resolved)
+        logging.info("model.listwise.relevance.floor auto = %.4f, from the training captions", resolved.floor)
 
     # ------------------------------------------------------------------ checkpoints
     # Replaces RunnerBase._save_checkpoint: it drops frozen params, RNG, best metric (UPSTREAMING 5).

@@ -95,6 +95,7 @@ class RetrievalListwiseTask(RetrievalTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.agg_metric = str(cfg.get("agg_metric", "r_mean"))
+        self._batch_size_train = int(cfg.get("batch_size_train", 2) or 2)  # checked in check_run_sizes
         self.train_caption_datasets: list[ListwiseRetrievalDataset] = []
         self._eval_relevance: dict[tuple, torch.Tensor] = {}
         self._relevance_agreement: dict[tuple, dict] = {}
@@ -352,6 +353,11 @@ class RetrievalListwiseTask(RetrievalTask):
             self.relevance_agreement(dataset, relevance)  # logged once per split
         return out
 
+    def list_length(self) -> int:
+        """The in-batch list's length: the global training batch, ``run.batch_size_train`` x ranks."""
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return max(2, self._batch_size_train * world)
+
     def relevance_agreement(self, dataset, relevance: RelevanceConfig) -> dict | None:
         """:func:`~lavis_listwise.evaluation.relevance_agreement` of the split's RSC (with the model's
         shaping) with its ``run.gt_relevance``, computed and logged once; ``None`` without ground truth.
@@ -366,10 +372,11 @@ class RetrievalListwiseTask(RetrievalTask):
                 ground_truth.relevance,
                 annotated_pairs(dataset),
                 positive_threshold=ground_truth.positive_threshold,
+                batch_size=self.list_length(),
             )
             self._relevance_agreement[key] = agreement
             logging.info(
-                "relevance agreement of RSC %s with %s: %s", relevance.shaping, ground_truth.path, agreement
+                "relevance agreement of %s with %s: %s", relevance.describe(), ground_truth.path, agreement
             )
         return self._relevance_agreement[key]
 
