@@ -63,6 +63,7 @@ def _demo(args: argparse.Namespace) -> int:
         cfg_path=args.cfg_path,
         listwise_weight=args.weight,
         extra_options=args.options,
+        workers=args.workers,
     )
     return 0
 
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--weight", type=float, default=None, help="S-NDCG weight (default: from the YAML)")
     demo.add_argument("--options", nargs="+", default=[], help="extra key=value overrides for both runs")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="training runs at once, each a single-threaded process "
+        "(default: the usable cores); the numbers do not depend on it",
+    )
     add_config_arguments(
         _command(
             sub, "train", _train, help="fine-tune a LAVIS retrieval model from a YAML (LAVIS's train.py flow)"

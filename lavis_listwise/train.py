@@ -73,12 +73,31 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
         logging.getLogger().setLevel(logging.WARNING)
     else:
         cfg.pretty_print()
+    _set_cpu_threads(cfg.run_cfg)
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     job_id = args.job_id or default_job_id()
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
     return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+
+
+def _set_cpu_threads(run_cfg) -> None:
+    """``run.cpu_threads``: torch's intra-op threads for this process (unset: torch's default, one per
+    core). On a machine whose cores other processes also use, 1 keeps a run from stalling: every
+    parallel region waits for its slowest thread, and a thread whose core is taken waits for it."""
+    import torch
+
+    from .errors import ConfigError
+
+    value = run_cfg.get("cpu_threads")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"run.cpu_threads must be a whole number >= 1 or null, got {value!r}")
+        torch.set_num_threads(value)
+    if str(run_cfg.get("device", "cpu")).startswith("cpu"):
+        source = "run.cpu_threads" if value is not None else "torch's default; set run.cpu_threads to change"
+        logging.info("training on CPU with %d torch thread(s) (%s)", torch.get_num_threads(), source)
 
 
 def _report_results(runner, logs: dict | None, name: str) -> None:

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 
-def _quick_demo(root, run: str) -> subprocess.CompletedProcess:
+def _quick_demo(root, run: str, *extra: str) -> subprocess.CompletedProcess:
     """``demo --quick`` writing to ``root/run``, with its data and cache under ``root``."""
     return subprocess.run(
         [sys.executable, "-m", "lavis_listwise", "demo", "--quick", "--output-dir", str(root / run),
-         "--data-dir", str(root / "data")],
+         "--data-dir", str(root / "data"), *extra],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "LAVIS_LISTWISE_CACHE": str(root / "cache")},
     )  # fmt: skip
@@ -22,9 +22,9 @@ def _quick_demo(root, run: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cold_demo(tmp_path_factory):
-    """The quick demo run once from nothing: no data, an empty cache."""
+    """The quick demo run once from nothing: no data, an empty cache; its two arms side by side."""
     root = tmp_path_factory.mktemp("demo")
-    return root, _quick_demo(root, "cold")
+    return root, _quick_demo(root, "cold", "--workers", "2")
 
 
 def test_demo_quick_end_to_end(cold_demo):
@@ -93,3 +93,19 @@ def test_quick_demo_gives_the_same_numbers_with_a_cold_and_a_warm_cache(cold_dem
     warm = _quick_demo(root, "cold")
     assert warm.returncode == 0, warm.stderr[-4000:]
     assert json.loads((root / "cold" / "results.json").read_text())["per_seed"] == first["per_seed"]
+
+
+def test_quick_demo_numbers_do_not_depend_on_the_worker_count(cold_demo):
+    """Each arm trains in its own single-threaded process, so one worker at a time gives the numbers
+    two side by side gave; the arms' output goes to their logs, not the terminal."""
+    root, cold = cold_demo
+    assert cold.returncode == 0, cold.stderr[-4000:]
+    one = _quick_demo(root, "one-worker", "--workers", "1")
+    assert one.returncode == 0, one.stderr[-4000:]
+    results = [json.loads((root / run / "results.json").read_text()) for run in ("cold", "one-worker")]
+    assert (results[0]["workers"], results[1]["workers"]) == (2, 1)
+    assert results[0]["per_seed"] == results[1]["per_seed"]
+    assert results[0]["relevance_agreement"] == results[1]["relevance_agreement"]
+    assert (root / "one-worker" / "seed0-listwise.log").stat().st_size > 0
+    progress = [line for line in one.stdout.splitlines() if line.startswith("[demo] seed 0:")]
+    assert len(progress) == 2 and all(" done in " in line for line in progress), one.stdout

@@ -22,9 +22,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -102,6 +104,116 @@ def _train_one(cfg_path: str, options: list[str], job_id: str) -> dict:
         "agreement": {s: task.relevance_agreement(runner.datasets[s], relevance_cfg) for s in GT_SPLITS},
         "output_dir": str(runner.output_dir),
     }
+
+
+def _single_threaded_worker() -> None:
+    """Initializer of a demo worker process: one torch thread, so that a core taken by another
+    process slows this arm down in proportion instead of stalling every parallel region (a 2-thread
+    arm went from 0.15 s to 7 s a step beside one busy process), and so that an arm's numbers do not
+    depend on the machine's core count."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+def _train_arm(cfg_path: str, options: list[str], job_id: str, log_path: str, picture: bool) -> dict:
+    """One (seed, arm) of the demo in its own worker process, its output in ``log_path``.
+
+    Returns what the parent needs, picklable: test metrics, text->image test scores, the relevance
+    agreement, and with ``picture`` what :func:`draw_rankings` needs of the test split.
+    """
+    from ..distributed import process_group_released
+
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)  # LAVIS's progress and the runner's lines go to the arm's log, not the terminal
+    os.dup2(log, 2)
+    start = time.time()
+    with process_group_released():  # this process's one-process group
+        run = _train_one(cfg_path, options, job_id)
+    relevance_cfg = run["relevance_cfg"]
+    out = {
+        "metrics": run["metrics"],
+        "score_t2i": run["score_t2i"].numpy(),  # numpy: pickled by value (a torch tensor would
+        "agreement": run["agreement"],  # travel as a shared-memory handle this process takes with it)
+        "relevance": relevance_cfg.describe(),
+        "relevance_file": relevance_cfg.relevance_file is not None,
+        "seconds": time.time() - start,
+    }
+    if picture:
+        dataset = run["dataset"]
+        out["picture"] = {
+            "text": list(dataset.text),
+            "image": list(dataset.image),
+            "vis_root": str(dataset.vis_root),
+            "txt2img": dict(dataset.txt2img),
+            "relevance": run["task"].eval_relevance(dataset, relevance_cfg).numpy(),
+            "ground_truth": dataset.ground_truth.relevance.numpy(),
+        }
+    return out
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _train_arms(
+    cfg_path: str, jobs: list[tuple[int, str, list[str]]], output_dir: Path, workers: int
+) -> dict:  # noqa: E501
+    """Every ``(seed, arm name, options)`` in its own single-threaded process, ``workers`` at a time.
+
+    Each arm runs in a fresh process whatever ``workers`` is, so the numbers are the same for any
+    worker count and any machine's core count. Returns ``{seed: {name: result of _train_arm}}``.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    runs: dict[int, dict[str, dict]] = {}
+    first = jobs[0][:2]
+    print(
+        f"[demo] {len(jobs)} training runs, {workers} at a time, each a single-threaded process; "
+        f"their output: {output_dir}/<seed>-<arm>.log",
+        flush=True,
+    )
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per arm: nothing inherited
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded_worker,
+                             max_tasks_per_child=1) as pool:  # fmt: skip
+        pending = {}
+        for seed, name, options in jobs:
+            job_id = f"seed{seed}-{name}"
+            log = output_dir / f"{job_id}.log"
+            future = pool.submit(_train_arm, cfg_path, options, job_id, str(log), (seed, name) == first)
+            pending[future] = (seed, name, log)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                seed, name, log = pending.pop(future)
+                try:
+                    result = future.result()
+                except Exception:
+                    print(f"[demo] seed {seed}: {name} failed; the end of {log}:", flush=True)
+                    print(_tail(log), flush=True)
+                    for other in pending:
+                        other.cancel()
+                    raise
+                result["score_t2i"] = torch.from_numpy(result["score_t2i"])
+                runs.setdefault(seed, {})[name] = result
+                print(
+                    f"[demo] seed {seed}: {name} done in {result['seconds']:.0f} s "
+                    f"(test r_mean {result['metrics']['r_mean']:.2f}); {len(pending)} to go",
+                    flush=True,
+                )
+    return runs
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def _tile(path: Path, size: int) -> Image.Image:
@@ -270,13 +382,16 @@ def run_demo(
     cfg_path: str | None = None,
     listwise_weight: float | None = None,
     extra_options: list[str] | None = None,
+    workers: int | None = None,
 ) -> dict:
-    """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG."""
+    """Train pairwise and listwise from the same seed(s); print the table, write JSON and PNG.
+
+    Each (seed, arm) trains in its own single-threaded process, ``workers`` at a time (default: the
+    usable cores, at most the number of runs); the numbers do not depend on ``workers``."""
     from omegaconf import OmegaConf
 
     from ..config import check_run_device
     from ..config_io import read_yaml_file
-    from ..distributed import process_group_released
     from .synthetic import ensure_synthetic_dataset
 
     start = time.time()
@@ -292,6 +407,8 @@ def run_demo(
     )
     check_run_device(cfg_path, list(extra_options or []))
     seeds = list(seeds or [0])
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers must be a whole number >= 1, got {workers!r}")
     output_dir = _directory_argument(Path(output_dir).expanduser().resolve(), "--output-dir")
     if data_dir is not None:
         _directory_argument(Path(data_dir).expanduser(), "--data-dir", create=False)
@@ -306,16 +423,13 @@ def run_demo(
     # the demo owns its output directory: a rerun replaces the earlier run's arms (results.json too)
     base = _data_options(root) + [f"run.output_dir={output_dir}", "run.overwrite_output=True"]
     base += list(extra_options or [])
-    runs: dict[int, dict[str, dict]] = {}
-    with process_group_released():  # the one-process group the first run sets up serves them all
-        for seed in seeds:
-            runs[seed] = {}
-            for name, w in (("pairwise", 0.0), ("listwise", weight)):
-                print(f"[demo] seed {seed}: training {name} (model.listwise.weight={w}) ...", flush=True)
-                t0 = time.time()
-                opts = base + [f"model.listwise.weight={w}", f"run.seed={seed}"]
-                runs[seed][name] = _train_one(cfg_path, opts, f"seed{seed}-{name}")
-                print(f"[demo] seed {seed}: {name} done in {time.time() - t0:.0f} s", flush=True)
+    jobs = [
+        (seed, name, base + [f"model.listwise.weight={w}", f"run.seed={seed}"])
+        for seed in seeds
+        for name, w in (("pairwise", 0.0), ("listwise", weight))
+    ]
+    workers = min(len(jobs), workers or usable_cores())
+    runs = _train_arms(str(cfg_path), jobs, output_dir, workers)
 
     names = ["pairwise", "listwise"]
     mean = {n: {k: statistics.fmean(runs[s][n]["metrics"][k] for s in seeds) for k in METRICS} for n in names}
@@ -324,16 +438,16 @@ def run_demo(
     std = {k: p.std for k, p in paired.items()}
 
     first = runs[seeds[0]]
-    dataset = first["pairwise"]["dataset"]
-    relevance_cfg = first["pairwise"]["relevance_cfg"]
-    relevance = first["pairwise"]["task"].eval_relevance(dataset, relevance_cfg)
+    context = first["pairwise"]["picture"]
+    dataset = SimpleNamespace(**{k: context[k] for k in ("text", "image", "vis_root", "txt2img")})
     queries = [q % len(dataset.text) for q in spec.queries]
     png = output_dir / "rankings.png"
     scores = {n: first[n]["score_t2i"] for n in names}
-    draw_rankings(png, dataset, relevance, scores, queries, ground_truth=dataset.ground_truth.relevance)
+    relevance, ground_truth = (torch.from_numpy(context[k]) for k in ("relevance", "ground_truth"))
+    draw_rankings(png, dataset, relevance, scores, queries, ground_truth=ground_truth)
     # the training relevance is the same for both models (only the loss weight differs)
-    agreement = {"relevance": relevance_cfg.describe(), **first["pairwise"]["agreement"]}
-    if relevance_cfg.relevance_file is not None:
+    agreement = {"relevance": first["pairwise"]["relevance"], **first["pairwise"]["agreement"]}
+    if first["pairwise"]["relevance_file"]:
         agreement["note"] = (
             "the training relevance is a file for the train split; the numbers are those of RSC "
             "(the evaluation's relevance) on the evaluation splits"
@@ -355,6 +469,7 @@ def run_demo(
         "concentration": concentration,
         "picture": str(png),
         "elapsed_s": round(elapsed, 1),
+        "workers": workers,
     }
     (output_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     title = f"test split, mean over seeds {seeds}" if len(seeds) > 1 else f"test split, seed {seeds[0]}"
