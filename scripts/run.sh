@@ -6,7 +6,7 @@
 # Environment (docs/setup.md has each variable with examples): PYTHON (default python3.11, else python3;
 # 3.11, 3.12 and 3.13 are tested), LAVIS_LISTWISE_VENV (default .venv for Python 3.11, .venv-py3.12 /
 # .venv-py3.13 for the others; absolute, or relative to the repository root, like a relative PYTHON path).
-# Two stacks (README, "Python versions"): Python 3.11 installs LAVIS 1.0.2 with its own pins
+# Two stacks (docs/setup.md, "Python versions"): Python 3.11 installs LAVIS 1.0.2 with its own pins
 # (constraints.txt); 3.12 and 3.13 install LAVIS with --no-deps next to current transformers 4.x, timm,
 # numpy 2 and opencv 4.x (constraints-py312.txt), since LAVIS's pins have no wheels there.
 set -euo pipefail
