@@ -121,3 +121,18 @@ def write_run_yaml(path, data_root, output_dir, cache_dir, arch="blip_retrieval_
     )
     path.write_text(head + dataset_yaml(data_root) + "\n" + run)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_process_group():
+    """A one-process gloo group for the module, as the plugin's runner starts one (LAVIS's
+    ``Blip2Qformer.forward`` calls ``dist.get_rank()``; BLIP's ``negative_all_rank`` gathers); a group
+    that already exists is left alone."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import write_run_yaml
 from lavis.common.config import Config
@@ -41,16 +40,7 @@ from lavis_listwise.models.blip2_retrieval_listwise import (
 ARCH = "blip2_retrieval_listwise"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_process_group():
-    """LAVIS's ``Blip2Qformer.forward`` calls ``dist.get_rank()``: a one-process gloo group, as the
-    plugin's runner starts one."""
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("one_process_group")  # conftest.py
 
 
 def tiny_cfg(**listwise):

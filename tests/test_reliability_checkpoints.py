@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from conftest import write_run_yaml
 from lavis.common.registry import registry
@@ -30,15 +29,7 @@ from lavis_listwise.models.builders import stock_twin
 PAIRWISE = (BlipRetrievalListwise, AlbefRetrievalListwise, Blip2RetrievalListwise)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_process_group():
-    """BLIP-2's forward and BLIP's ``negative_all_rank`` need a process group, as the runner starts one."""
-    if dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
+pytestmark = pytest.mark.usefixtures("one_process_group")  # conftest.py
 
 
 def _build(cls, seed=0, listwise=None, **model):
