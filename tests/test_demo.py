@@ -67,7 +67,11 @@ def test_demo_quick_end_to_end(cold_demo):
         # the floor gives most other images' captions little gain (the paper's mapping: about 0.7)
         assert 0 <= values["gain_p50"] < 0.5, values
         assert values["gain_mean_gt_zero"] < values["gain_mean_gt_positive"]
+        # the calibration figures of relevance-report, against the ground truth, at the run's list length
+        assert values["batch_size"] == 32 and values["gain_irrelevant"] < values["gain_relevant"]
+        assert 0 <= values["relevant_at_zero"] < 0.2 and 0 < values["irrelevant_share"] < 1, values
     assert "agreement of the training relevance (RSC floor 0.4) with the ground truth" in out.stdout
+    assert "the other pairs' share of a 32-caption list's gain" in out.stdout
     # how query-specific the text->image top-5 lists are (the figure that shows a popularity collapse)
     n_images = 50  # the quick demo's test split
     for name in ("pairwise", "listwise"):

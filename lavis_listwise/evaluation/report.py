@@ -16,11 +16,17 @@ _DIRECTION = {"txt": "image->text", "img": "text->image"}
 def format_agreement(split: str, values: dict) -> str:
     """One line: Spearman and NDCG@10 both directions, and the training gain of other captions."""
     gains = " / ".join(f"{values[f'gain_p{q}']:.2f}" for q in (10, 50, 90))
-    return (
+    line = (
         f"  {split}: Spearman {values['spearman_i2t']:.3f} (image->text) / {values['spearman_t2i']:.3f} "
         f"(text->image); NDCG@10 of the relevance as a ranker {values['ndcg10_i2t']:.2f} / "
         f"{values['ndcg10_t2i']:.2f}; gain of other images' captions p10/p50/p90 {gains}"
     )
+    if "irrelevant_share" in values:  # the calibration figures (relevance_agreement with batch_size)
+        line += (
+            f"; plausible positives at gain 0 {values['relevant_at_zero']:.1%}, the other pairs' share of "
+            f"a {values['batch_size']}-caption list's gain {values['irrelevant_share']:.1%}"
+        )
+    return line
 
 
 def format_results_table(logs: dict) -> str:
