@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +129,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per model (after 2 warm-up steps)")
     args = parser.parse_args()
 
-    from lavis_listwise.models.builders import stock_twin
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from stock_twins import stock_twin  # a test helper: LAVIS's own model with the same weights
 
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads")
     print(f"config {args.config}, batch {args.batch}, {args.image_size} px, median of {args.steps} steps")

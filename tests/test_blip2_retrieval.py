@@ -18,6 +18,7 @@ from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 from omegaconf import OmegaConf
 from retrieval_batch import caption_table as table
 from retrieval_batch import retrieval_batch, tiny_model, tiny_model_cfg
+from stock_twins import blip2_stock_twin
 from torch.utils.data import DataLoader
 
 import lavis_listwise  # noqa: F401
@@ -34,7 +35,6 @@ from lavis_listwise.models.blip2_retrieval_listwise import (
     BLIP2_ITC_LABEL_SMOOTHING,
     Blip2RetrievalListwise,
     blip2_itc_targets,
-    blip2_stock_twin,
 )
 
 ARCH = "blip2_retrieval_listwise"

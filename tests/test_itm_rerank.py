@@ -13,6 +13,7 @@ from lavis.models.albef_models import compute_sim_matrix
 from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
 from lavis.tasks.retrieval import RetrievalTask
 from omegaconf import OmegaConf
+from stock_twins import stock_twin
 from torch.utils.data import DataLoader
 
 import lavis_listwise  # noqa: F401
@@ -21,7 +22,6 @@ from lavis_listwise.datasets.retrieval_listwise import ListwiseRetrievalEvalData
 from lavis_listwise.evaluation import RerankView, coco_1k_folds, compute_sim_matrix_fast, ranking_report
 from lavis_listwise.evaluation.rerank import itm_batches
 from lavis_listwise.metrics import lavis_recalls
-from lavis_listwise.models.builders import stock_twin
 
 ARCHS = ("blip_retrieval_listwise", "albef_retrieval_listwise")
 N_TEST = 20

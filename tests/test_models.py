@@ -7,11 +7,12 @@ from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 from omegaconf import OmegaConf
 from retrieval_batch import retrieval_batch
+from stock_twins import stock_twin
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.config import ListwiseConfig
 from lavis_listwise.losses import bidirectional_smooth_ndcg_loss
-from lavis_listwise.models.builders import build_bert_tokenizer, stock_twin
+from lavis_listwise.models.tokenizer import build_bert_tokenizer
 
 ARCHS = {"blip_retrieval_listwise": BlipRetrieval, "albef_retrieval_listwise": AlbefRetrieval}
 

@@ -14,6 +14,7 @@ from conftest import write_run_yaml
 from lavis.common.registry import registry
 from omegaconf import OmegaConf
 from retrieval_batch import caption_table, retrieval_batch, tiny_model, tiny_model_cfg
+from stock_twins import blip2_stock_twin, stock_twin
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.errors import CheckpointError, ConfigError
@@ -23,8 +24,6 @@ from lavis_listwise.models import (
     BlipRetrievalListwise,
     ClipRetrievalListwise,
 )
-from lavis_listwise.models.blip2_retrieval_listwise import blip2_stock_twin
-from lavis_listwise.models.builders import stock_twin
 
 PAIRWISE = (BlipRetrievalListwise, AlbefRetrievalListwise, Blip2RetrievalListwise)
 
@@ -132,7 +131,7 @@ def test_a_pretrained_checkpoint_that_would_not_be_read_is_refused(tmp_path, cli
 def test_the_model_types_own_checkpoints_pass_the_unread_check(arch):
     """LAVIS's fine-tuning YAMLs set ``load_finetuned: False`` over a model type whose YAML names both
     checkpoints: those defaults are not the user's, and pass."""
-    from lavis_listwise.models.builders import refuse_unread_checkpoints
+    from lavis_listwise.models.checkpoints import refuse_unread_checkpoints
 
     cls = registry.get_model_class(arch)
     cfg = OmegaConf.load(cls.default_config_path("coco")).model

@@ -232,7 +232,7 @@ def tokens() -> dict:
     from transformers import AutoTokenizer
 
     import lavis_listwise  # noqa: F401
-    from lavis_listwise.models.builders import build_bert_tokenizer
+    from lavis_listwise.models.tokenizer import build_bert_tokenizer
     from lavis_listwise.relevance.encoder import default_encoder_path
 
     text = registry.get_processor_class("blip_caption").from_config(None)

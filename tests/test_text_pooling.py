@@ -11,7 +11,7 @@ from retrieval_batch import retrieval_batch
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.errors import ConfigError
-from lavis_listwise.models.builders import MeanPooledTextEncoder
+from lavis_listwise.models.encoders import MeanPooledTextEncoder
 
 ARCHS = ["blip_retrieval_listwise", "albef_retrieval_listwise"]
 

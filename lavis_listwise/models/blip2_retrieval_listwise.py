@@ -25,9 +25,7 @@ other ranks' features gathered *without* gradient. State dicts are key-compatibl
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +45,16 @@ from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad, rank_and_world
 from ..errors import ConfigError
 from ..registration import register_once
-from .builders import (
-    build_bert_tokenizer,
-    build_vision_encoder,
-    load_configured_checkpoint,
-    refuse_unread_checkpoints,
-)
+from .checkpoints import load_configured_checkpoint, refuse_unread_checkpoints
+from .encoders import build_vision_encoder
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
+from .tokenizer import build_bert_tokenizer
 
 __all__ = [
     "BLIP2_ITC_LABEL_SMOOTHING",
     "Blip2RetrievalIntermediateOutput",
     "Blip2RetrievalListwise",
     "blip2_itc_targets",
-    "blip2_stock_twin",
     "qformer_bert_config",
 ]
 
@@ -487,45 +481,3 @@ def _gather_detached(tensor: Tensor) -> Tensor:
     """``tensor`` of every rank along dim 0, without gradient: what LAVIS's ``concat_all_gather``
     returns under a process group (a fresh copy even for one rank), also without one."""
     return gather_no_grad(tensor.detach())
-
-
-def blip2_stock_twin(model: Blip2RetrievalListwise) -> Blip2Qformer:
-    """LAVIS's own ``Blip2Qformer`` with ``model``'s architecture and weights (loaded strictly).
-
-    Only its three constructors are replaced (tokenizer, ViT and Q-Former config come from ``model``,
-    so the twin builds offline); ``forward``, ``compute_itm``, ``compute_sim_matrix`` and every other
-    method are LAVIS's. Used to check ``weight: 0`` parity and the evaluation scores.
-    """
-    source = model._tokenizer_source
-    vision_encoder = copy.deepcopy(model.visual_encoder)
-    qformer_config = copy.deepcopy(model.Qformer.config)
-
-    class OfflineBlip2Qformer(Blip2Qformer):
-        @classmethod
-        def init_tokenizer(cls):
-            tokenizer = build_bert_tokenizer(source, blip_special_tokens=False)
-            tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-            return tokenizer
-
-        @classmethod
-        def init_vision_encoder(cls, model_name, img_size, drop_path_rate, use_grad_checkpoint, precision):
-            return vision_encoder, LayerNorm(vision_encoder.num_features)
-
-        @classmethod
-        def init_Qformer(cls, num_query_token, vision_width, cross_attention_freq=2):
-            config = copy.deepcopy(qformer_config)  # already sized to the tokenizer: resizing is a no-op
-            qformer = BertLMHeadModel(config)
-            return qformer, nn.Parameter(torch.zeros(1, num_query_token, config.hidden_size))
-
-    freeze_vit = not any(p.requires_grad for p in model.visual_encoder.parameters())
-    stock = OfflineBlip2Qformer(
-        vit_model="custom",
-        freeze_vit=freeze_vit,
-        num_query_token=model.query_tokens.shape[1],
-        cross_attention_freq=model.Qformer.config.cross_attention_freq,
-        embed_dim=model.vision_proj.out_features,
-        max_txt_len=model.max_txt_len,
-    )
-    stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
-    logging.debug("blip2_stock_twin: LAVIS Blip2Qformer with the listwise model's weights")
-    return stock.to(model.device)

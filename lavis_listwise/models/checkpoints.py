@@ -19,10 +19,12 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 __all__ = [
     "POSITION_IDS_SUFFIX",
+    "load_configured_checkpoint",
+    "refuse_unread_checkpoints",
     "checkpoint_mismatch",
     "describe_keys",
     "frozen_parameter_names",
@@ -162,3 +164,122 @@ def resync_momentum_encoders(model: nn.Module, left_out: set[str]) -> None:
     if any(names.get(id(p)) in left_out for _, m in pairs for p in m.parameters()):
         model.copy_params()
         logging.info("the checkpoint has no momentum encoders: copied from the loaded encoders")
+
+
+def _default_model_values(model_cls, cfg, key: str) -> list:
+    """``model.<key>`` of ``model.model_type``'s default YAML (what the run gets without setting it); of
+    every type's when the config does not say (``from_pretrained`` passes the default YAML alone)."""
+    from omegaconf import OmegaConf
+
+    types = getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {})
+    model_type = cfg.get("model_type")
+    names = [model_type] if model_type in types else list(types)
+    return [OmegaConf.load(model_cls.default_config_path(name)).model.get(key) for name in names]
+
+
+def refuse_unread_checkpoints(model_cls, cfg) -> None:
+    """A :class:`ConfigError` when the user set a checkpoint the run would not read: ``model.finetuned``
+    with ``model.load_finetuned: False``, or (where ``pretrained`` is only read without a fine-tuned
+    checkpoint: BLIP, ALBEF, BLIP-2) ``model.pretrained`` with ``load_finetuned: True``. LAVIS ignores
+    both silently. A value equal to the model type's default YAML is not the user's and passes (the
+    ``coco`` types carry both URLs)."""
+    load_finetuned = bool(cfg.get("load_finetuned", True))
+    checks = [("finetuned", not load_finetuned)]
+    if not getattr(model_cls, "pretrained_always_read", False):
+        checks.append(("pretrained", load_finetuned))
+    for key, unread in checks:
+        value = cfg.get(key)
+        if not unread or not value or value in _default_model_values(model_cls, cfg, key):
+            continue
+        if key == "finetuned":
+            raise ConfigError(
+                f"model.finetuned is set to {value!r} but model.load_finetuned is False, so the run would "
+                "not read it: set model.load_finetuned=True to load it, or leave model.finetuned out"
+            )
+        raise ConfigError(
+            f"model.pretrained is set to {value!r} but model.load_finetuned is True, so the run loads "
+            f"model.finetuned ({cfg.get('finetuned')!r}) instead: set model.load_finetuned=False to start "
+            "from model.pretrained, or leave model.pretrained out"
+        )
+
+
+def load_configured_checkpoint(model, cfg) -> None:
+    """LAVIS's ``load_checkpoint_from_config`` when a checkpoint is configured; none = from scratch.
+
+    ``load_finetuned: True`` needs ``finetuned``; ``load_finetuned: False`` loads ``pretrained`` if set.
+    An http(s) URL is loaded from LAVIS's download cache (``$TORCH_HOME/hub/checkpoints/<file name>``)
+    when the file is there, else downloaded by LAVIS. A local path must be a file.
+
+    Raises:
+        CheckpointError: the file is not in the cache and the URL's host (or the proxy) cannot be
+            reached within 10 s, or the download fails; the message names the URL, the YAML key to set
+            to a local copy instead, and the cache path. Also for a local path that is not a file, or a
+            checkpoint that does not fit (the model's ``load_checkpoint`` / ``load_from_pretrained``).
+        ConfigError: a checkpoint is set that the run would not read (:func:`refuse_unread_checkpoints`).
+    """
+    from urllib.error import URLError
+    from urllib.parse import urlparse
+
+    from lavis.common.utils import is_url
+    from timm.models.hub import get_cache_dir
+
+    refuse_unread_checkpoints(type(model), cfg)
+    key = "finetuned" if cfg.get("load_finetuned", True) else "pretrained"
+    source = cfg.get(key)
+    if not source:
+        if key == "finetuned":
+            raise ConfigError("model.load_finetuned is True but model.finetuned is not set")
+        logging.info("model.pretrained is not set: weights are initialised from scratch")
+        return
+    if not is_url(source):
+        if not os.path.isfile(source):
+            raise CheckpointError(f"model.{key}: {source!r} is neither a file nor an http(s) URL")
+        model.load_checkpoint_from_config(cfg)
+        return
+    # LAVIS's download_cached_file looks in the same place (timm's hub cache, by file name) first
+    cached = os.path.join(get_cache_dir(), os.path.basename(urlparse(source).path))
+
+    def cannot_download(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"model.{key}: cannot download {source} ({reason}). Without network, fetch the file elsewhere "
+            f"and set model.{key} to its local path (e.g. --options model.{key}=/path/to/"
+            f"{os.path.basename(cached)}), or put it at {cached}, where LAVIS looks before downloading"
+        )
+
+    if not os.path.exists(cached):
+        unreachable = _connect_problem(source, timeout=10.0)
+        if unreachable:  # LAVIS's own attempt would end in a raw URLError, after the resolver's timeouts
+            raise cannot_download(unreachable)
+    try:
+        model.load_checkpoint_from_config(cfg)
+    except URLError as err:  # reachable, but the download failed (HTTP error, connection reset, ...)
+        raise cannot_download(str(err.reason)) from err
+
+
+def _connect_problem(url: str, timeout: float) -> str | None:
+    """Why a TCP connection to ``url``'s host, or to the proxy urllib would use for it, cannot be made
+    within ``timeout`` seconds; ``None`` if it can."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlparse(url)
+    proxy = getproxies().get(parts.scheme)
+    if proxy and not proxy_bypass(parts.hostname or ""):
+        parts = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    address = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{address[0]}:{address[1]}: {err.strerror or err}")
+
+    # name resolution has no timeout of its own: bound it with the thread's
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no connection to {address[0]}:{address[1]} within {timeout:g} s"

@@ -48,8 +48,7 @@ from ..config import ListwiseConfig, difflib_hint
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
 from ..registration import register_once
-from .builders import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints
-from .checkpoints import require_fit
+from .checkpoints import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints, require_fit
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [

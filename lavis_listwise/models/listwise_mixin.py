@@ -20,22 +20,18 @@ from ..relevance import (
     rsc_relevance_from_table,
 )
 from ..resources import config_path
-from .builders import (
-    build_bert_tokenizer,
-    build_text_encoder,
-    build_vision_encoder,
-    check_text_tower,
-    load_configured_checkpoint,
-    refuse_unread_checkpoints,
-)
 from .checkpoints import (
     describe_keys,
     frozen_keys_left_out,
     frozen_parameter_names,
+    load_configured_checkpoint,
     read_state_dict,
+    refuse_unread_checkpoints,
     require_fit,
     resync_momentum_encoders,
 )
+from .encoders import build_text_encoder, build_vision_encoder, check_text_tower
+from .tokenizer import build_bert_tokenizer
 
 __all__ = ["ListwiseRetrievalMixin", "RSC_SAMPLE_KEYS", "same_image_targets"]
 
