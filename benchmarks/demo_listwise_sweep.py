@@ -8,6 +8,10 @@ so the test split is never read and nothing here can be tuned on it. The printed
 setting, the val recalls' mean and the ground-truth metrics (NDCG@10, mAP@R, both directions) over
 the seeds, and each setting's paired difference from ``pairwise`` (mean +- std over seeds).
 
+Like the demo, each (seed, setting) trains in its own single-threaded process, ``--workers`` at a time
+(default: the usable cores), so the numbers do not depend on the worker or core count; each run's
+LAVIS log is ``<output-dir>/seed<seed>-<setting>.log``.
+
     .venv/bin/python benchmarks/demo_listwise_sweep.py --seeds 0 1 --json sweep.json
     .venv/bin/python benchmarks/demo_listwise_sweep.py --settings pairwise floor0.4 \
         --extra "floor0.4_w0.3=model.listwise.weight=0.3,model.listwise.relevance.floor=0.4"
@@ -20,16 +24,19 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from lavis_listwise.config_io import read_yaml_file  # noqa: E402
-from lavis_listwise.demo import demo_data_root, validation_data_options  # noqa: E402
+from lavis_listwise.demo import (  # noqa: E402
+    demo_data_root,
+    train_arms,
+    usable_cores,
+    validation_data_options,
+)
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
-from lavis_listwise.train import build_run  # noqa: E402
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "projects" / "demo" / "demo.yaml"
 REPORTED = ["r_mean", "txt_r1", "img_r1", "gt_txt_ndcg10", "gt_img_ndcg10", "gt_txt_map_r", "gt_img_map_r"]
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--extra", nargs="*", default=[], help="more settings: name=override,override,... (commas split)"
     )
     parser.add_argument("--output-dir", default="output/demo_listwise_sweep")
+    parser.add_argument("--workers", type=int, default=None, help="runs at once (default: usable cores)")
     parser.add_argument("--json", help="write the per-seed metrics and the table here")
     args = parser.parse_args(argv)
 
@@ -77,23 +85,34 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(ensure_synthetic_dataset(demo_data_root(data), **data))
     subs = {"train_gt": str(relevance_file(root, "train"))}
 
-    runs: dict[str, dict[int, dict[str, float]]] = {name: {} for name in settings}
+    out = Path(args.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = validation_data_options(root) + [f"run.output_dir={out}"]
+    base.append("run.overwrite_output=True")  # a rerun of the sweep replaces its runs
+    # the run's "test" split is val (validation_data_options): its ground truth is val's too
+    base += [f"run.gt_relevance.{s}={relevance_file(root, 'val')}" for s in ("val", "test")]
+    jobs = [
+        (seed, name, base + [f"run.seed={seed}"] + [o.format(**subs) for o in overrides])
+        for seed in args.seeds
+        for name, overrides in settings.items()
+    ]
+    workers = min(len(jobs), args.workers or usable_cores())
+    trained = train_arms(args.cfg_path, jobs, out, workers, picture=False)
+    # "test" in each run's metrics is the validation split (validation_data_options)
+    runs = {
+        name: {seed: {k: trained[seed][name]["metrics"][k] for k in REPORTED} for seed in args.seeds}
+        for name in settings
+    }
     for seed in args.seeds:
-        for name, overrides in settings.items():
-            out = Path(args.output_dir).resolve() / f"seed{seed}-{name}"
-            opts = validation_data_options(root) + [f"run.output_dir={out}", f"run.seed={seed}"]
-            opts.append("run.overwrite_output=True")  # a rerun of the sweep replaces its runs
-            # the run's "test" split is val (validation_data_options): its ground truth is val's too
-            opts += [f"run.gt_relevance.{s}={relevance_file(root, 'val')}" for s in ("val", "test")]
-            opts += [o.format(**subs) for o in overrides]
-            t0 = time.time()
-            runner = build_run(
-                argparse.Namespace(cfg_path=args.cfg_path, options=opts, job_id=name), quiet=True
-            )
-            logs = runner.train()  # "test" here is the validation split (validation_data_options)
-            runs[name][seed] = {k: float(logs["test"][k]) for k in REPORTED}
-            row = {"seed": seed, "setting": name, "wall_s": round(time.time() - t0), **runs[name][seed]}
-            print(json.dumps(row), flush=True)
+        for name in settings:
+            run = trained[seed][name]
+            row = {
+                "seed": seed,
+                "setting": name,
+                "relevance": run["relevance"],
+                "wall_s": round(run["seconds"]),
+            }
+            print(json.dumps({**row, **runs[name][seed]}))
 
     table = {}
     for name in settings:
@@ -118,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cfg_path": args.cfg_path,
         "seeds": args.seeds,
         "settings": settings,
+        "relevance": {name: trained[args.seeds[0]][name]["relevance"] for name in settings},
         "runs": runs,
         "table": table,
     }

@@ -113,3 +113,23 @@ def test_quick_demo_numbers_do_not_depend_on_the_worker_count(cold_demo):
     assert (root / "one-worker" / "seed0-listwise.log").stat().st_size > 0
     progress = [line for line in one.stdout.splitlines() if line.startswith("[demo] seed 0:")]
     assert len(progress) == 2 and all(" done in " in line for line in progress), one.stdout
+
+
+def test_validation_sweep_trains_its_settings_in_worker_processes(cold_demo, tmp_path):
+    """``benchmarks/demo_listwise_sweep.py`` on the quick demo: each setting in its own process, on the
+    validation split."""
+    root, _ = cold_demo
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "demo_listwise_sweep.py")
+    out = subprocess.run(
+        [sys.executable, script, "--cfg-path", os.path.join("projects", "demo", "demo_quick.yaml"),
+         "--seeds", "0", "--settings", "pairwise", "floor0.4_w1", "--workers", "2",
+         "--output-dir", str(tmp_path / "sweep"), "--json", str(tmp_path / "sweep.json")],
+        capture_output=True, text=True, timeout=300, cwd=os.path.join(os.path.dirname(__file__), ".."),
+        env={**os.environ, "LAVIS_LISTWISE_CACHE": str(root / "cache")},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    pairwise, floor = result["runs"]["pairwise"]["0"], result["runs"]["floor0.4_w1"]["0"]
+    assert all(0 < v <= 100 for v in (*pairwise.values(), *floor.values()))
+    assert pairwise != floor
+    assert result["relevance"]["floor0.4_w1"] == "RSC floor 0.4"

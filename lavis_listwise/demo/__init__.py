@@ -13,6 +13,8 @@ from .runner import (
     draw_rankings,
     run_demo,
     seed_comparison,
+    train_arms,
+    usable_cores,
     validation_data_options,
 )
 
@@ -25,5 +27,7 @@ __all__ = [
     "draw_rankings",
     "run_demo",
     "seed_comparison",
+    "train_arms",
+    "usable_cores",
     "validation_data_options",
 ]

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..evaluation.report import format_agreement
 from ..resources import config_path
 
-__all__ = ["run_demo", "METRICS", "demo_data_root", "validation_data_options"]
+__all__ = ["run_demo", "METRICS", "demo_data_root", "train_arms", "usable_cores", "validation_data_options"]
 
 METRICS = ["txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean"] + [
     f"{d}_ndcg{k}" for k in (5, 10, 20) for d in ("txt", "img")
@@ -160,13 +160,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _train_arms(
-    cfg_path: str, jobs: list[tuple[int, str, list[str]]], output_dir: Path, workers: int
-) -> dict:  # noqa: E501
-    """Every ``(seed, arm name, options)`` in its own single-threaded process, ``workers`` at a time.
+def train_arms(
+    cfg_path: str,
+    jobs: list[tuple[int, str, list[str]]],
+    output_dir: Path,
+    workers: int,
+    picture: bool = True,
+) -> dict:
+    """Every ``(seed, arm name, options)`` in its own single-threaded process, ``workers`` at a time;
+    each arm's log in ``output_dir/seed<seed>-<name>.log``. The demo's and
+    ``benchmarks/demo_listwise_sweep.py``'s way of training several arms.
 
     Each arm runs in a fresh process whatever ``workers`` is, so the numbers are the same for any
-    worker count and any machine's core count. Returns ``{seed: {name: result of _train_arm}}``.
+    worker count and any machine's core count. With ``picture`` the first job also returns what
+    :func:`draw_rankings` needs. Returns ``{seed: {name: result of _train_arm}}``.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -185,7 +192,8 @@ def _train_arms(
         for seed, name, options in jobs:
             job_id = f"seed{seed}-{name}"
             log = output_dir / f"{job_id}.log"
-            future = pool.submit(_train_arm, cfg_path, options, job_id, str(log), (seed, name) == first)
+            draw = picture and (seed, name) == first
+            future = pool.submit(_train_arm, cfg_path, options, job_id, str(log), draw)
             pending[future] = (seed, name, log)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -429,7 +437,7 @@ def run_demo(
         for name, w in (("pairwise", 0.0), ("listwise", weight))
     ]
     workers = min(len(jobs), workers or usable_cores())
-    runs = _train_arms(str(cfg_path), jobs, output_dir, workers)
+    runs = train_arms(str(cfg_path), jobs, output_dir, workers)
 
     names = ["pairwise", "listwise"]
     mean = {n: {k: statistics.fmean(runs[s][n]["metrics"][k] for s in seeds) for k in METRICS} for n in names}
