@@ -14,7 +14,7 @@ from lavis_listwise.config import ListwiseConfig
 from lavis_listwise.errors import ConfigError
 from lavis_listwise.losses import bidirectional_smooth_ndcg_loss
 from lavis_listwise.models import ClipRetrievalListwise
-from lavis_listwise.relevance import momentum_relevance
+from lavis_listwise.relevance import momentum_rampup, momentum_relevance
 
 
 def test_momentum_relevance_is_the_pairs_softmax_relative_to_the_true_pairs():
@@ -30,6 +30,15 @@ def test_momentum_relevance_is_the_pairs_softmax_relative_to_the_true_pairs():
     # a negative rated above its true pairs is capped at a positive's relevance
     above = momentum_relevance(torch.tensor([[0.2, 0.9], [0.9, 0.2]]), torch.eye(2, dtype=torch.bool), 0.1)
     assert torch.equal(above, torch.ones(2, 2))
+
+
+def test_momentum_rampup_follows_blips_momentum_distillation():
+    n = 10
+    ramp = [
+        momentum_rampup({"epoch": e, "iters": i, "num_iters_per_epoch": n})
+        for e, i in ((0, 0), (0, 5), (1, 0), (2, 0), (3, 9))
+    ]
+    assert ramp == [0.0, 0.25, 0.5, 1.0, 1.0]
 
 
 def test_momentum_relevance_refuses_a_list_without_a_positive():
@@ -56,7 +65,9 @@ def test_bad_momentum_settings_name_the_key(relevance, match, tmp_path):
 
 def test_momentum_needs_momentum_encoders():
     with pytest.raises(ConfigError, match=r"relevance\.momentum needs momentum encoders"):
-        ClipRetrievalListwise.from_config(tiny_model_cfg(ClipRetrievalListwise, relevance={"momentum": "alone"}))
+        ClipRetrievalListwise.from_config(
+            tiny_model_cfg(ClipRetrievalListwise, relevance={"momentum": "alone"})
+        )
 
 
 @pytest.mark.parametrize("arch", ["blip_retrieval_listwise", "albef_retrieval_listwise"])
@@ -79,7 +90,11 @@ def test_training_step_ranks_by_the_momentum_relevance(arch, mode):
     positive = ids.view(-1, 1) == ids.view(1, -1)
     momentum = momentum_relevance(image_m @ text_m.t(), positive, model.temp.detach())
     rsc = model.batch_relevance(samples["caption_index"], samples["image_caption_index"], ids)
-    relevance = rsc * momentum if mode == "fused" else momentum
+    ramp = (0 * 10 + 1) / (2 * 10)  # epoch 0, step 1 of 10: the momentum relevance is ramped in
+    if mode == "fused":
+        relevance = rsc * (1 - ramp + ramp * momentum)
+    else:
+        relevance = torch.where(positive, 1.0, ramp * momentum)
     assert not torch.equal(relevance, rsc)
     expected = bidirectional_smooth_ndcg_loss(image_feat @ text_feat.t(), relevance, model.listwise_loss.tau)
     torch.testing.assert_close(out.loss_listwise, expected)

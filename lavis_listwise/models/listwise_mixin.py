@@ -15,6 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..losses import bidirectional_listwise_loss
 from ..relevance import (
     RelevanceMatrix,
+    momentum_rampup,
     momentum_relevance,
     read_caption_embeddings,
     read_relevance_file,
@@ -271,7 +272,13 @@ class ListwiseRetrievalMixin:
             image_m, text_m = (gather_no_grad(f) for f in momentum_feat)
             positive = image_id.view(-1, 1) == image_id.view(1, -1)
             self_distilled = momentum_relevance(image_m @ text_m.t(), positive, self.temp.detach())
-            relevance = self_distilled if relevance is None else relevance * self_distilled
+            # ramped in over the first two epochs, as BLIP's / ALBEF's own momentum distillation: a
+            # momentum model that has not learned yet rates every pair alike
+            ramp = momentum_rampup(samples)
+            if relevance is None:  # alone: from the positives only to the momentum relevance
+                relevance = (self_distilled * ramp).masked_fill_(positive, 1.0)
+            else:  # fused: from RSC to RSC x momentum relevance
+                relevance = relevance * (1.0 - ramp + ramp * self_distilled)
         sim = self.listwise_similarity(image_all, text_all)
         # the loss's arguments were checked when it was built; per step, the task checks only that
         # the final loss is finite (one host sync for all logged terms)

@@ -4,7 +4,7 @@ relevance or embeddings computed elsewhere (files)."""
 from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
 from .files import RelevanceMatrix, read_caption_embeddings, read_relevance_file
-from .momentum import MOMENTUM_MODES, momentum_relevance
+from .momentum import MOMENTUM_MODES, momentum_rampup, momentum_relevance
 from .rsc import (
     best_cosines,
     caption_groups_to_index,
@@ -25,6 +25,7 @@ __all__ = [
     "caption_groups_to_index",
     "check_shaping",
     "default_encoder_path",
+    "momentum_rampup",
     "momentum_relevance",
     "read_caption_embeddings",
     "read_relevance_file",

@@ -10,7 +10,9 @@ the true pair's, averaged over the two directions (geometric mean):
 with ``c`` the momentum cosine, ``p_a`` image ``a``'s mean cosine to its own captions in the list,
 ``p_b`` caption ``b``'s mean cosine to its own images, and ``T`` the model's ITC temperature.
 Same-image pairs are 1. ``model.listwise.relevance.momentum: alone`` uses it instead of RSC,
-``fused`` multiplies RSC by it.
+``fused`` multiplies RSC by it. Either is ramped in over the first two epochs
+(:func:`momentum_rampup`), as BLIP's and ALBEF's own momentum distillation is: an untrained momentum
+model rates every pair alike.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MOMENTUM_MODES", "momentum_relevance"]
+__all__ = ["MOMENTUM_MODES", "momentum_rampup", "momentum_relevance"]
 
 #: ``model.listwise.relevance.momentum`` values: the momentum relevance alone, or times RSC.
 MOMENTUM_MODES = ("alone", "fused")
@@ -50,3 +52,10 @@ def momentum_relevance(cos: Tensor, positive: Tensor, temperature: Tensor | floa
         out = ((cos - reference) / temperature).clamp_(max=0.0).exp_()
         return out.masked_fill_(positive.to(device=out.device, dtype=torch.bool), 1.0)
 
+
+def momentum_rampup(samples: dict) -> float:
+    """``min(1, (epoch * n + iters) / (2 n))`` of a training batch (LAVIS's runner sets ``epoch``,
+    ``iters`` and ``num_iters_per_epoch`` = ``n``): 0 at the first step, 1 from the third epoch on,
+    the ramp of BLIP's ``_rampup_factor``."""
+    n = samples["num_iters_per_epoch"]
+    return min(1.0, (samples["epoch"] * n + samples["iters"]) / (2 * n))
