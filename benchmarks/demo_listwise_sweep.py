@@ -44,21 +44,13 @@ REPORTED = ["r_mean", "txt_r1", "img_r1", "gt_txt_ndcg10", "gt_img_ndcg10", "gt_
 #: name -> YAML overrides; ``{train_gt}`` is the train split's ground-truth relevance file. ``paper``:
 #: the paper's RSC ``(1 + cos) / 2``; ``floor0.4``: cosines <= 0.4 give gain 0, the rest rescaled;
 #: ``oracle``: the generator's ground truth as the training relevance (an upper bound a real dataset
-#: does not have); ``momentum``: the momentum model's own image-text relevance (self-distillation,
-#: ``model.listwise.relevance.momentum: alone``), and ``floor0.4_momentum`` that times RSC floor 0.4
-#: (``fused``).
+#: does not have).
 SETTINGS: dict[str, list[str]] = {
     "pairwise": ["model.listwise.weight=0"],
     "paper_w1": ["model.listwise.weight=1", "model.listwise.relevance.floor=null"],
     "paper_w0.3": ["model.listwise.weight=0.3", "model.listwise.relevance.floor=null"],
     "floor0.4_w1": ["model.listwise.weight=1", "model.listwise.relevance.floor=0.4"],
     "floor0.4_w0.3": ["model.listwise.weight=0.3", "model.listwise.relevance.floor=0.4"],
-    "momentum_w1": ["model.listwise.weight=1", "model.listwise.relevance.momentum=alone"],
-    "floor0.4_momentum_w1": [
-        "model.listwise.weight=1",
-        "model.listwise.relevance.floor=0.4",
-        "model.listwise.relevance.momentum=fused",
-    ],
     "oracle_w1": [
         "model.listwise.weight=1",
         "model.listwise.relevance.floor=null",

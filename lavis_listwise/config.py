@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .losses import build_loss, check_combine, combine_losses, get_loss_class
-from .relevance import MOMENTUM_MODES, CaptionEmbeddingCache, SentenceEncoder
+from .relevance import CaptionEmbeddingCache, SentenceEncoder
 
 __all__ = [
     "EvalSettings",
@@ -83,9 +83,6 @@ class RelevanceConfig:
     * ``relevance_file``: a precomputed training relevance (``.npy`` dense or ``.npz`` sparse,
       :mod:`lavis_listwise.relevance.files`) looked up for each batch instead of RSC; same-image
       pairs stay 1. ``floor`` / ``sharpen`` do not apply to it.
-    * ``momentum`` (``null`` = off): self-distilled relevance from the model's momentum encoders
-      (BLIP, ALBEF), :func:`~lavis_listwise.relevance.momentum_relevance`; ``alone`` uses it instead
-      of RSC, ``fused`` multiplies RSC by it.
 
     Relative paths are taken from the working directory. ``embeddings`` and ``relevance_file``
     replace the training relevance only: the evaluation's RSC NDCG is computed with ``encoder``.
@@ -99,7 +96,6 @@ class RelevanceConfig:
     auto_floor: bool = False  # the floor was computed by floor: auto
     embeddings: Path | None = None
     relevance_file: Path | None = None
-    momentum: str | None = None  # None, or one of MOMENTUM_MODES
 
     @property
     def shaping(self) -> dict[str, Any]:
@@ -118,10 +114,7 @@ class RelevanceConfig:
             mapping = f"floor {'auto = ' if self.auto_floor else ''}{self.floor:.4g}"
         source = f", embeddings {self.embeddings}" if self.embeddings is not None else ""
         sharpen = f", sharpen {self.sharpen:g}" if self.sharpen != 1.0 else ""
-        if self.momentum == "alone":
-            return "momentum image-text relevance (self-distilled)"
-        fused = " x momentum image-text relevance" if self.momentum == "fused" else ""
-        return f"RSC {mapping}{sharpen}{source}{fused}"
+        return f"RSC {mapping}{sharpen}{source}"
 
     def with_auto_floor(self, table: Tensor, image_caption_index: Tensor) -> RelevanceConfig:
         """These settings with ``floor: auto`` computed from a caption table (``[T, D]``) and its
@@ -139,10 +132,9 @@ class RelevanceConfig:
         where = f"{_KEY}.relevance"
         _unknown(
             cfg,
-            {"encoder", "cache_dir", "batch_size", "floor", "sharpen", "embeddings", "relevance_file",
-             "momentum"},
+            {"encoder", "cache_dir", "batch_size", "floor", "sharpen", "embeddings", "relevance_file"},
             where,
-        )  # fmt: skip
+        )
         encoder = cfg.get("encoder")
         if encoder not in (None, "", "default"):
             path = Path(str(encoder)).expanduser()
@@ -181,13 +173,6 @@ class RelevanceConfig:
             raise ConfigError(
                 f"{where}.floor / sharpen shape RSC cosines and do not apply to relevance_file; unset them"
             )
-        momentum = cfg.get("momentum")
-        if momentum is not None and momentum not in MOMENTUM_MODES:
-            raise ConfigError(
-                f"{where}.momentum must be one of {list(MOMENTUM_MODES)} or null, got {momentum!r}"
-            )
-        if momentum is not None and relevance_file is not None:
-            raise ConfigError(f"{where}: set momentum or relevance_file, not both")
         return cls(
             encoder=encoder,
             cache_dir=cache_dir,
@@ -196,7 +181,6 @@ class RelevanceConfig:
             sharpen=sharpen,
             embeddings=embeddings,
             relevance_file=relevance_file,
-            momentum=momentum,
         )
 
     def caption_cache(self) -> CaptionEmbeddingCache:

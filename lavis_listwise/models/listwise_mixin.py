@@ -11,12 +11,10 @@ from torch import Tensor
 
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..losses import bidirectional_listwise_loss
 from ..relevance import (
     RelevanceMatrix,
-    momentum_rampup,
-    momentum_relevance,
     read_caption_embeddings,
     read_relevance_file,
     rsc_relevance_from_table,
@@ -76,11 +74,6 @@ class ListwiseRetrievalMixin:
         self.listwise_loss = self.listwise_cfg.build_loss()  # from the loss registry
         self._caption_embeddings: Tensor | None = None
         self._train_relevance: RelevanceMatrix | None = None  # model.listwise.relevance.relevance_file
-        if self.listwise_cfg.relevance.momentum is not None and not hasattr(self, "vision_proj_m"):
-            raise ConfigError(
-                "model.listwise.relevance.momentum needs momentum encoders (BLIP, ALBEF); "
-                f"{type(self).__name__} has none: unset it"
-            )
 
     @classmethod
     def build_from_config(cls, cfg, **model_kwargs):
@@ -232,13 +225,7 @@ class ListwiseRetrievalMixin:
         shaping = self.listwise_cfg.relevance.shaping
         return rsc_relevance_from_table(table, image_caption_index, caption_index, positive, **shaping)
 
-    def listwise_term(
-        self,
-        image_feat: Tensor,
-        text_feat: Tensor,
-        samples: dict,
-        momentum_feat: tuple[Tensor, Tensor] | None = None,
-    ) -> Tensor:
+    def listwise_term(self, image_feat: Tensor, text_feat: Tensor, samples: dict) -> Tensor:
         """Bidirectional listwise loss of the global batch.
 
         Args:
@@ -246,8 +233,6 @@ class ListwiseRetrievalMixin:
                 ``[B, ...]`` shape that :meth:`listwise_similarity` takes (BLIP-2: ``[B, Q, E]``).
             text_feat: ``[B, E]`` normalised ITC text features of this rank (with gradient).
             samples: the batch; needs ``image_id`` and :data:`RSC_SAMPLE_KEYS`.
-            momentum_feat: ``([B, E] image, [B, E] text)`` normalised momentum ITC features of this
-                rank, with ``model.listwise.relevance.momentum`` (:meth:`momentum_features`).
         """
         missing = [k for k in RSC_SAMPLE_KEYS if k not in samples]
         if missing:
@@ -257,28 +242,11 @@ class ListwiseRetrievalMixin:
             )
         image_all = gather_with_grad(image_feat)
         text_all = gather_with_grad(text_feat)
-        image_id = gather_no_grad(samples["image_id"].to(image_feat.device))
-        mode = self.listwise_cfg.relevance.momentum
-        relevance = None
-        if mode != "alone":
-            relevance = self.batch_relevance(
-                gather_no_grad(samples["caption_index"].to(image_feat.device)),
-                gather_no_grad(samples["image_caption_index"].to(image_feat.device)),
-                image_id,
-            ).to(image_all.device)
-        if mode is not None:
-            if momentum_feat is None:
-                raise ValueError("model.listwise.relevance.momentum is set: pass momentum_feat")
-            image_m, text_m = (gather_no_grad(f) for f in momentum_feat)
-            positive = image_id.view(-1, 1) == image_id.view(1, -1)
-            self_distilled = momentum_relevance(image_m @ text_m.t(), positive, self.temp.detach())
-            # ramped in over the first two epochs, as BLIP's / ALBEF's own momentum distillation: a
-            # momentum model that has not learned yet rates every pair alike
-            ramp = momentum_rampup(samples)
-            if relevance is None:  # alone: from the positives only to the momentum relevance
-                relevance = (self_distilled * ramp).masked_fill_(positive, 1.0)
-            else:  # fused: from RSC to RSC x momentum relevance
-                relevance = relevance * (1.0 - ramp + ramp * self_distilled)
+        relevance = self.batch_relevance(
+            gather_no_grad(samples["caption_index"].to(image_feat.device)),
+            gather_no_grad(samples["image_caption_index"].to(image_feat.device)),
+            gather_no_grad(samples["image_id"].to(image_feat.device)),
+        ).to(image_all.device)
         sim = self.listwise_similarity(image_all, text_all)
         # the loss's arguments were checked when it was built; per step, the task checks only that
         # the final loss is finite (one host sync for all logged terms)
@@ -307,16 +275,6 @@ class ListwiseRetrievalMixin:
         text_feat = F.normalize(self.text_proj(inter.text_embeds[:, 0, :]), dim=-1)
         return image_feat, text_feat
 
-    def momentum_features(self, output) -> tuple[Tensor, Tensor]:
-        """The normalised momentum ITC features ``([B, E] image, [B, E] text)`` of this rank, without
-        gradient, from BLIP's / ALBEF's ``forward`` output (the same expressions as their ITC's, with
-        the momentum encoders it has just updated)."""
-        inter = output.intermediate_output
-        with torch.no_grad():
-            image_feat = F.normalize(self.vision_proj_m(inter.image_embeds_m[:, 0, :]), dim=-1)
-            text_feat = F.normalize(self.text_proj_m(inter.text_embeds_m[:, 0, :]), dim=-1)
-        return image_feat, text_feat
-
     def add_listwise_term(self, output, samples: dict):
         """``output`` (the model's pairwise losses) with ``loss_listwise`` added and ``loss`` combined
         as ``model.listwise`` says; ``weight: 0`` leaves ``loss`` untouched."""
@@ -326,8 +284,7 @@ class ListwiseRetrievalMixin:
             output["loss_listwise"] = torch.zeros((), device=output.loss.device)
             return output
         image_feat, text_feat = self.listwise_features(output)
-        momentum = self.momentum_features(output) if cfg.relevance.momentum is not None else None
-        loss_listwise = self.listwise_term(image_feat, text_feat, samples, momentum)
+        loss_listwise = self.listwise_term(image_feat, text_feat, samples)
         output["loss"] = cfg.combined_loss(output.loss, loss_listwise)
         output["loss_listwise"] = loss_listwise
         return output

@@ -4,7 +4,6 @@ relevance or embeddings computed elsewhere (files)."""
 from .cache import CacheCorruptError, CaptionEmbeddingCache, caption_cache_key
 from .encoder import SentenceEncoder, default_encoder_path
 from .files import RelevanceMatrix, read_caption_embeddings, read_relevance_file
-from .momentum import MOMENTUM_MODES, momentum_rampup, momentum_relevance
 from .rsc import (
     best_cosines,
     caption_groups_to_index,
@@ -17,7 +16,6 @@ from .rsc import (
 __all__ = [
     "CacheCorruptError",
     "CaptionEmbeddingCache",
-    "MOMENTUM_MODES",
     "best_cosines",
     "RelevanceMatrix",
     "SentenceEncoder",
@@ -25,8 +23,6 @@ __all__ = [
     "caption_groups_to_index",
     "check_shaping",
     "default_encoder_path",
-    "momentum_rampup",
-    "momentum_relevance",
     "read_caption_embeddings",
     "read_relevance_file",
     "rsc_relevance",
