@@ -9,7 +9,8 @@
   CxC through the ``eccv-caption`` package);
 * metrics: :mod:`.graded` (NDCG against RSC), :mod:`.ground_truth` (graded ground truth and the
   relevance's agreement with it);
-* :mod:`.rankings`: the per-query rankings report.
+* :mod:`.rankings`: the per-query rankings report;
+* :mod:`.scoring`: which of these computes a model's scores (the model's own ``retrieval_scores``).
 """
 
 from .coco_1k import COCO_1K_FOLDS, COCO_1K_IMAGES, coco_1k_folds, coco_1k_metrics, is_coco_karpathy_test
@@ -30,6 +31,7 @@ from .ground_truth import (
 from .qformer_scores import compute_sim_matrix_qformer
 from .rankings import ranking_report, write_rankings
 from .rerank import DEFAULT_MAX_PAIRS, RerankView, compute_sim_matrix_fast
+from .scoring import ScoringOptions, itm_reranked_scores, lavis_model_retrieval_scores, retrieval_scores
 
 __all__ = [
     "COCO_1K_FOLDS",
@@ -40,6 +42,7 @@ __all__ = [
     "NDCG_KS",
     "GroundTruth",
     "RerankView",
+    "ScoringOptions",
     "annotated_pairs",
     "average_ranks",
     "coco_1k_folds",
@@ -54,11 +57,14 @@ __all__ = [
     "ground_truth_metrics",
     "gt_relevance_paths",
     "is_coco_karpathy_test",
+    "itm_reranked_scores",
+    "lavis_model_retrieval_scores",
     "load_ground_truth",
     "positive_threshold",
     "ranking_report",
     "relevance_agreement",
     "reranks_with_itm",
+    "retrieval_scores",
     "rsc_ndcg_metrics",
     "scores_with_lavis_sim_matrix",
     "split_rsc_relevance",

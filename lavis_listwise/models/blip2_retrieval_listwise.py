@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad, rank_and_world
 from ..errors import ConfigError
+from ..evaluation import RerankView, ScoringOptions, compute_sim_matrix_qformer
 from ..registration import register_once
 from .checkpoints import load_configured_checkpoint, refuse_unread_checkpoints
 from .encoders import build_vision_encoder
@@ -292,6 +293,12 @@ class Blip2RetrievalListwise(ListwiseRetrievalMixin, Blip2Qformer):
         """LAVIS's BLIP-2 pre-training checkpoint has no ViT weights: EVA ViT-g / CLIP ViT-L load their
         own in ``init_vision_encoder``. A ``custom`` ViT has no other source."""
         return () if self._vit_model_name == "custom" else ("visual_encoder.",)
+
+    def retrieval_scores(self, data_loader, views: list[RerankView], options: ScoringOptions):
+        """LAVIS's ``Blip2Qformer.compute_sim_matrix`` arithmetic per view, from one feature pass
+        (:func:`~lavis_listwise.evaluation.compute_sim_matrix_qformer`): its ITC is the maximum over
+        query tokens and its ITM runs them through the Q-Former, which the fast path does not model."""
+        return compute_sim_matrix_qformer(self, data_loader, options.k_test, views=views)
 
     def listwise_features(self, output: BlipOutput) -> tuple[Tensor, Tensor]:
         """This rank's ``([B, Q, E] query features, [B, E] text features)``, as ITC uses them."""

@@ -47,6 +47,7 @@ from torch import Tensor
 from ..config import ListwiseConfig, difflib_hint
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError, ConfigError
+from ..evaluation import RerankView, ScoringOptions, compute_sim_matrix_itc
 from ..registration import register_once
 from .checkpoints import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints, require_fit
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
@@ -317,6 +318,11 @@ class ClipRetrievalListwise(ListwiseRetrievalMixin, CLIP):
             with torch.no_grad():
                 self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
         return self.logit_scale.exp()
+
+    def retrieval_scores(self, data_loader, views: list[RerankView], options: ScoringOptions):
+        """A dual encoder has no ITM head: its ITC similarity is the score, nothing is re-ranked
+        (:func:`~lavis_listwise.evaluation.compute_sim_matrix_itc`); one pair per view."""
+        return compute_sim_matrix_itc(self, data_loader, views=views, amp=options.amp)
 
     def listwise_features(self, output: ClipRetrievalOutput) -> tuple[Tensor, Tensor]:
         """This rank's normalised features ``([B, E], [B, E])``, as the contrastive loss uses them."""

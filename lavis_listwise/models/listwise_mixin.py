@@ -12,6 +12,7 @@ from torch import Tensor
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad
 from ..errors import CheckpointError
+from ..evaluation import RerankView, ScoringOptions, itm_reranked_scores
 from ..losses import bidirectional_listwise_loss
 from ..relevance import (
     RelevanceMatrix,
@@ -252,6 +253,16 @@ class ListwiseRetrievalMixin:
         # the final loss is finite (one host sync for all logged terms)
         loss_fn = getattr(self.listwise_loss, "unchecked", self.listwise_loss)
         return bidirectional_listwise_loss(loss_fn, sim, relevance, self.listwise_cfg.reference_compat)
+
+    def retrieval_scores(self, data_loader, views: list[RerankView], options: ScoringOptions):
+        """Hook: the evaluation's scores, ``[(score_i2t [I_v, T_v], score_t2i [T_v, I_v])]`` float32
+        numpy arrays, one pair per view (the whole split, COCO 1K folds), called by the task.
+
+        BLIP/ALBEF: ITC top-``k_test`` re-ranked by ITM, LAVIS's ``compute_sim_matrix`` with far less
+        ITM work (:func:`~lavis_listwise.evaluation.itm_reranked_scores`). An arch scored otherwise
+        (CLIP: ITC alone; BLIP-2: its Q-Former) overrides this.
+        """
+        return itm_reranked_scores(self, data_loader, views, options)
 
     def listwise_similarity(self, image_all: Tensor, text_all: Tensor) -> Tensor:
         """Hook: the ``[N, N]`` similarity the listwise term ranks by, of image ``a`` and caption ``b``

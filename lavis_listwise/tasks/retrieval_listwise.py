@@ -25,13 +25,11 @@ from ..distributed import rank_and_world
 from ..errors import ConfigError, NonFiniteLossError
 from ..evaluation import (
     RerankView,
+    ScoringOptions,
     annotated_pairs,
     coco_1k_folds,
     coco_1k_metrics,
     coco_ids_from_annotation,
-    compute_sim_matrix_fast,
-    compute_sim_matrix_itc,
-    compute_sim_matrix_qformer,
     eccv_caption_metrics,
     ground_truth_metrics,
     gt_relevance_paths,
@@ -40,9 +38,8 @@ from ..evaluation import (
     positive_threshold,
     ranking_report,
     relevance_agreement,
-    reranks_with_itm,
+    retrieval_scores,
     rsc_ndcg_metrics,
-    scores_with_lavis_sim_matrix,
     split_rsc_relevance,
     write_rankings,
 )
@@ -260,25 +257,15 @@ class RetrievalListwiseTask(RetrievalTask):
         if settings.itm_eval == "stock":
             score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
             fold_scores = []
-        elif scores_with_lavis_sim_matrix(model):
-            # BLIP-2: LAVIS's compute_sim_matrix per view (its Q-Former ITM is not the fast path's)
-            scores = compute_sim_matrix_qformer(model, data_loader, k_test, views=[whole, *folds])
-            (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
-        else:
-            amp = bool(self.cfg.get("amp", False))
-            if reranks_with_itm(model):
-                scores = compute_sim_matrix_fast(
-                    model,
-                    data_loader,
-                    k_test,
-                    views=[whole, *folds],
-                    max_pairs=settings.itm_eval_pairs,
-                    amp=amp,
-                    feature_device=settings.eval_feature_device,
-                    progress=is_main_process(),
-                )
-            else:  # a dual encoder (CLIP): its ITC similarity is the score, nothing to re-rank
-                scores = compute_sim_matrix_itc(model, data_loader, views=[whole, *folds], amp=amp)
+        else:  # the model's own scoring (each arch's retrieval_scores), one feature pass for all views
+            options = ScoringOptions(
+                k_test,
+                amp=bool(self.cfg.get("amp", False)),
+                max_pairs=settings.itm_eval_pairs,
+                feature_device=settings.eval_feature_device,
+                progress=is_main_process(),
+            )
+            scores = retrieval_scores(model, data_loader, [whole, *folds], options)
             (score_i2t, score_t2i), fold_scores = scores[0], scores[1:]
         for listener in self._score_listeners:
             listener(dataset, score_i2t, score_t2i)
