@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader
 import lavis_listwise  # noqa: F401
 from lavis_listwise.config_check import plugin_archs
 from lavis_listwise.datasets.retrieval_listwise import ListwiseRetrievalEvalDataset
-from lavis_listwise.evaluation import RerankView, ScoringOptions, lavis_model_retrieval_scores, retrieval_scores
+from lavis_listwise.evaluation import (
+    RerankView,
+    ScoringOptions,
+    lavis_model_retrieval_scores,
+    retrieval_scores,
+)
 
 ARCHS = plugin_archs()
 
@@ -57,7 +62,10 @@ def test_the_model_owns_its_retrieval_scoring(arch, eval_loader):
     assert callable(getattr(model, "retrieval_scores", None))
     dataset = eval_loader.dataset
     n_img, n_txt = len(dataset.image), len(dataset.text)
-    views = [RerankView(torch.arange(n_img), torch.arange(n_txt)), RerankView(torch.arange(6), torch.arange(30))]
+    views = [
+        RerankView(torch.arange(n_img), torch.arange(n_txt)),
+        RerankView(torch.arange(6), torch.arange(30)),
+    ]
     options = ScoringOptions(k_test=4, progress=False)
     with torch.no_grad():
         ours = retrieval_scores(model, eval_loader, views, options)

@@ -53,7 +53,9 @@ def lavis_model_retrieval_scores(
     return compute_sim_matrix_itc(model, data_loader, views=views, amp=options.amp)
 
 
-def itm_reranked_scores(model, data_loader, views: Sequence[RerankView], options: ScoringOptions) -> ViewScores:
+def itm_reranked_scores(
+    model, data_loader, views: Sequence[RerankView], options: ScoringOptions
+) -> ViewScores:
     """:func:`compute_sim_matrix_fast` with ``options``: ITC top-``k_test`` re-ranked by ITM."""
     return compute_sim_matrix_fast(
         model,
