@@ -69,8 +69,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from lavis_listwise.commands.train import train
     from lavis_listwise.config import check_run_device
-    from lavis_listwise.train import train
 
     check_run_device(args.cfg_path, args.options)  # before the process group is set up on it
     train(args)
@@ -78,8 +78,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from lavis_listwise.commands.train import evaluate
     from lavis_listwise.config import check_run_device
-    from lavis_listwise.train import evaluate
 
     check_run_device(args.cfg_path, args.options)
     evaluate(args)
@@ -87,13 +87,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from lavis_listwise.check_data import run_check_data
+    from lavis_listwise.commands.check_data import run_check_data
 
     return run_check_data(args)
 
 
 def _relevance_report(args: argparse.Namespace) -> int:
-    from lavis_listwise.relevance_report import run_relevance_report
+    from lavis_listwise.commands.relevance_report import run_relevance_report
 
     return run_relevance_report(args)
 
@@ -235,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_listwise_error(err: Exception) -> bool:
-    # whatever raised a ListwiseError has imported lavis_listwise.errors; nothing new is imported here
-    errors = sys.modules.get("lavis_listwise.errors")
+    # whatever raised a ListwiseError has imported listwise_ranking.errors; nothing new is imported here
+    errors = sys.modules.get("listwise_ranking.errors")
     return errors is not None and isinstance(err, errors.ListwiseError)
 
 

@@ -17,7 +17,9 @@ def yaml_packages(package: str, directory: str) -> list[str]:
 
 setup(
     packages=[
-        *find_packages(include=["lavis_listwise", "lavis_listwise.*"]),
+        *find_packages(
+            include=["lavis_listwise", "lavis_listwise.*", "listwise_ranking", "listwise_ranking.*"]
+        ),
         *yaml_packages("lavis_listwise.configs", "configs"),
         *yaml_packages("lavis_listwise.projects", "projects"),
     ]

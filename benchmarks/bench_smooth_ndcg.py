@@ -31,8 +31,8 @@ CUBES_ALIVE = 12  # Q*N*N tensors the broadcast formula keeps alive through back
 def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
     import torch
 
-    from lavis_listwise.losses import smooth_ndcg_loss
-    from lavis_listwise.losses.reference import smooth_ndcg_loss_reference
+    from listwise_ranking.losses import smooth_ndcg_loss
+    from listwise_ranking.losses.reference import smooth_ndcg_loss_reference
 
     def step(scores, rel):
         if impl == "published":
@@ -77,7 +77,7 @@ def _worker(impl: str, size: int, device: str, reps: int, topk: int) -> dict:
         times.append(time.perf_counter() - t0)
     # A kernel that failed falls back to the chunked path with a warning, which the parent hides:
     # report the failure instead of chunked timings under the kernel's name.
-    from lavis_listwise.losses.kernels import get_kernel, list_kernels
+    from listwise_ranking.losses.kernels import get_kernel, list_kernels
 
     if impl in list_kernels() and not get_kernel(impl).available(torch.device(device)):
         raise SystemExit(f"the {impl} kernel failed on {device} and fell back to the chunked path")

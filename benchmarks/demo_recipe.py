@@ -27,12 +27,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from lavis_listwise.commands.train import build_run  # noqa: E402
 from lavis_listwise.config_io import read_yaml_file  # noqa: E402
 from lavis_listwise.demo import demo_data_root, validation_data_options  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset  # noqa: E402
 from lavis_listwise.evaluation.features import encode_retrieval_features  # noqa: E402
-from lavis_listwise.metrics import lavis_recalls  # noqa: E402
-from lavis_listwise.train import build_run  # noqa: E402
+from listwise_ranking.metrics import lavis_recalls  # noqa: E402
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "projects" / "demo" / "demo.yaml"
 

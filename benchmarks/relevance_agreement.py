@@ -40,8 +40,8 @@ from lavis_listwise.datasets.retrieval_listwise import caption_groups_to_index  
 from lavis_listwise.demo import demo_data_root  # noqa: E402
 from lavis_listwise.demo.synthetic import ensure_synthetic_dataset, relevance_file  # noqa: E402
 from lavis_listwise.evaluation import relevance_agreement  # noqa: E402
-from lavis_listwise.relevance import rsc_relevance_from_table  # noqa: E402
-from lavis_listwise.relevance.calibration import (  # noqa: E402
+from listwise_ranking.relevance import rsc_relevance_from_table  # noqa: E402
+from listwise_ranking.relevance.calibration import (  # noqa: E402
     RULE,
     RelevanceSetting,
     auto_floor_from_table,
@@ -100,7 +100,7 @@ def options_grid(floors: list[float], sharpens: list[float]) -> list[tuple[str, 
 
 
 def recommend(rows: list[tuple[str, dict, dict]]) -> tuple[str, dict] | None:
-    """The setting :func:`~lavis_listwise.relevance.calibration.select_setting` picks (the plausible
+    """The setting :func:`~listwise_ranking.relevance.calibration.select_setting` picks (the plausible
     positives as the judged-relevant pairs); the oracle row is not a candidate."""
     candidates = [
         (RelevanceSetting(label), values) for label, keys, values in rows if "relevance_file" not in keys

@@ -25,8 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lavis_listwise.relevance.calibration import DEFAULT_FLOORS  # noqa: E402
-from lavis_listwise.relevance_report import format_judgments_report, judgments_report  # noqa: E402
+from lavis_listwise.commands.relevance_report import format_judgments_report, judgments_report  # noqa: E402
+from listwise_ranking.relevance.calibration import DEFAULT_FLOORS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

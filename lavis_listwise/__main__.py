@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from lavis_listwise_cli import main
 
 sys.exit(main())

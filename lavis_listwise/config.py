@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .losses import build_loss, check_combine, combine_losses, get_loss_class
-from .relevance import CaptionEmbeddingCache, SentenceEncoder
+from listwise_ranking.errors import ConfigError
+from listwise_ranking.losses import build_loss, check_combine, combine_losses, get_loss_class
+from listwise_ranking.relevance import CaptionEmbeddingCache, SentenceEncoder
 
 __all__ = [
     "EvalSettings",
@@ -70,18 +70,18 @@ class RelevanceConfig:
     * ``encoder``, ``cache_dir``, ``batch_size``: the RSC sentence encoder (a local Hugging Face
       directory; ``null`` = the bundled all-MiniLM-L6-v2) and its caption-embedding cache.
     * ``floor`` (``null`` = the paper's ``(1 + cos) / 2``) and ``sharpen`` (default 1): shaping the
-      paper lacks, :func:`~lavis_listwise.relevance.shape_cosines`. ``floor: c`` maps cosines at or
+      paper lacks, :func:`~listwise_ranking.relevance.shape_cosines`. ``floor: c`` maps cosines at or
       below ``c`` to 0 and rescales the rest to ``[0, 1]``; ``sharpen: p`` raises the result to the
       power ``p``. Ground-truth captions stay 1. They shape the evaluation's RSC NDCG too.
       ``floor: auto`` computes the floor from the training captions alone
-      (:func:`~lavis_listwise.relevance.calibration.auto_floor_from_table`: the equal-error cut between
+      (:func:`~listwise_ranking.relevance.calibration.auto_floor_from_table`: the equal-error cut between
       the cosines of an image's captions to each other and those of images to other images'
       captions), when the caption table is ready; an evaluation without training computes it from
       the evaluated split's captions.
     * ``embeddings``: a ``.npy`` ``[n_train_captions, D]`` of precomputed caption embeddings in the
       training captions' order (the published code's workflow) used instead of encoding them.
     * ``relevance_file``: a precomputed training relevance (``.npy`` dense or ``.npz`` sparse,
-      :mod:`lavis_listwise.relevance.files`) looked up for each batch instead of RSC; same-image
+      :mod:`listwise_ranking.relevance.files`) looked up for each batch instead of RSC; same-image
       pairs stay 1. ``floor`` / ``sharpen`` do not apply to it.
 
     Relative paths are taken from the working directory. ``embeddings`` and ``relevance_file``
@@ -99,7 +99,7 @@ class RelevanceConfig:
 
     @property
     def shaping(self) -> dict[str, Any]:
-        """``floor`` and ``sharpen``, keyword arguments of :func:`~lavis_listwise.relevance.rsc_relevance`."""
+        """``floor`` and ``sharpen``: keyword arguments of ``listwise_ranking.relevance.rsc_relevance``."""
         return {"floor": self.floor, "sharpen": self.sharpen}
 
     def describe(self) -> str:
@@ -121,7 +121,7 @@ class RelevanceConfig:
         images' caption rows (``[I, K]``, ``-1`` padded); unchanged unless ``floor`` is ``auto``."""
         if self.floor != AUTO:
             return self
-        from .relevance.calibration import auto_floor_from_table
+        from listwise_ranking.relevance.calibration import auto_floor_from_table
 
         floor = round(auto_floor_from_table(table, image_caption_index), 4)
         return dataclasses.replace(self, floor=floor, auto_floor=True)
@@ -290,7 +290,7 @@ def _check_tau_gives_finite_loss(tau: float) -> None:
     """
     import torch
 
-    from .losses import smooth_ndcg_loss
+    from listwise_ranking.losses import smooth_ndcg_loss
 
     scores = torch.tensor([_TAU_PROBE_SCORES], dtype=torch.float32, requires_grad=True)
     relevance = torch.tensor([_TAU_PROBE_RELEVANCE], dtype=torch.float32)
@@ -547,7 +547,7 @@ def check_environment(cfg) -> None:
     if isinstance(listwise, Mapping) and str(listwise.get("kernel")) == "triton":
         import torch
 
-        from .losses.kernels.triton import triton_available
+        from listwise_ranking.losses.kernels.triton import triton_available
 
         if _number(listwise.get("weight", 0.0), f"{_KEY}.weight") > 0 and not triton_available(
             torch.device(device or "cuda")

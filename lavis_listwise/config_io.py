@@ -14,7 +14,7 @@ def read_yaml_file(path: str, key: str = "--cfg-path"):
     from omegaconf import OmegaConf
     from yaml import YAMLError
 
-    from .errors import ConfigError
+    from listwise_ranking.errors import ConfigError
 
     if not Path(path).is_file():
         raise ConfigError(f"{key}: {str(path)!r} does not exist")
@@ -36,7 +36,7 @@ def parse_options(options: Sequence[str]):
     """
     from omegaconf import OmegaConf
 
-    from .errors import ConfigError
+    from listwise_ranking.errors import ConfigError
 
     items = list(options or [])
     for i, item in enumerate(items):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lavis.models.base_model import all_gather_with_grad, concat_all_gather
 from torch import Tensor
 
-from .errors import ConfigError
+from listwise_ranking.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DIST_TIMEOUT_S",

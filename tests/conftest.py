@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def minilm():
     """The real bundled all-MiniLM-L6-v2 encoder, loaded once."""
-    from lavis_listwise.relevance import SentenceEncoder
+    from listwise_ranking.relevance import SentenceEncoder
 
     return SentenceEncoder()
 

@@ -3,7 +3,7 @@ against the chunked path (the Triton ones run in a child process under TRITON_IN
 
 import torch
 
-from lavis_listwise.losses import smooth_ndcg_loss
+from listwise_ranking.losses import smooth_ndcg_loss
 
 
 def assert_kernel_matches_chunked(kernel: str, dtype: torch.dtype, q: int, n: int) -> None:
@@ -30,8 +30,8 @@ def assert_internals_match_chunked(ranks_fn, rank_backward_fn) -> None:
     """fp32 ranks and closed-form gradient of a kernel against the chunked path, on rows that factor,
     rows at the factor limit (products overflow), rows too wide to factor, and ragged N (padding
     columns must count 0)."""
-    from lavis_listwise.losses.chunked import rank_backward, smoothed_ranks
-    from lavis_listwise.losses.kernels.centred_exp import CENTRED_EXP_LIMIT
+    from listwise_ranking.losses.chunked import rank_backward, smoothed_ranks
+    from listwise_ranking.losses.kernels.centred_exp import CENTRED_EXP_LIMIT
 
     g = torch.Generator().manual_seed(3)
     limit = CENTRED_EXP_LIMIT[torch.float32]
@@ -58,7 +58,7 @@ def run_kernel_checks(name: str) -> None:
     """Every check of one registered fast kernel on CPU: it resolves to itself, its internals, loss
     and gradient match the chunked path (fp32 and bf16 inputs, factored and direct rows), it did
     not fall back, and dtypes it does not take (fp64 for Triton) give the chunked path's result."""
-    from lavis_listwise.losses.kernels import get_kernel, resolve_kernel
+    from listwise_ranking.losses.kernels import get_kernel, resolve_kernel
 
     kernel, cpu = get_kernel(name), torch.device("cpu")
     assert resolve_kernel(name, cpu) == name, f"{name} does not run on CPU here"

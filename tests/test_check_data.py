@@ -17,8 +17,8 @@ from lavis.common.registry import registry
 from PIL import Image, ImageFile
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.check_data import check_data
-from lavis_listwise.errors import DataError
+from lavis_listwise.commands.check_data import check_data
+from listwise_ranking.errors import DataError
 
 STORAGE_KEY = "datasets.retrieval_listwise_json.build_info.images.storage"
 

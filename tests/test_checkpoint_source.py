@@ -7,7 +7,7 @@ from lavis.common.registry import registry
 from omegaconf import OmegaConf
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.errors import CheckpointError
+from listwise_ranking.errors import CheckpointError
 
 ARCH = "blip_retrieval_listwise"
 URL = "https://checkpoints.invalid/lavis-listwise/blip_tiny_for_tests.pth"

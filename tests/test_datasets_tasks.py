@@ -140,7 +140,7 @@ def test_evaluate_cli_and_k_test_too_large(tmp_path, tiny_dataset):
 
 def test_changed_captions_rebuild_the_cache(tmp_path, tiny_dataset):
     """The runner embeds the current captions: a changed caption gets a new cache file, never the old one."""
-    from lavis_listwise.relevance import CaptionEmbeddingCache
+    from listwise_ranking.relevance import CaptionEmbeddingCache
 
     cfg = _config(write_run_yaml(tmp_path / "r.yaml", tiny_dataset, tmp_path / "o", tmp_path / "c"))
     task = registry.get_task_class("retrieval_listwise").setup_task(cfg=cfg)

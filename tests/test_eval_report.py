@@ -19,7 +19,7 @@ def coco_shaped(tmp_path_factory):
     from transformers import BertConfig, BertModel, BertTokenizer
 
     from lavis_listwise.demo.synthetic import generate_synthetic_dataset
-    from lavis_listwise.relevance import default_encoder_path
+    from listwise_ranking.relevance import default_encoder_path
 
     base = tmp_path_factory.mktemp("coco5k")
     root = generate_synthetic_dataset(base / "data", n_train=8, n_val=8, n_test=5000, image_size=32, seed=0)

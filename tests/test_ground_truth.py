@@ -24,7 +24,6 @@ from lavis_listwise.demo.synthetic import (
     relevance_file,
     sample_scene,
 )
-from lavis_listwise.errors import ConfigError, DataError
 from lavis_listwise.evaluation import (
     GroundTruth,
     average_ranks,
@@ -33,7 +32,8 @@ from lavis_listwise.evaluation import (
     positive_threshold,
     relevance_agreement,
 )
-from lavis_listwise.relevance import read_relevance_file
+from listwise_ranking.errors import ConfigError, DataError
+from listwise_ranking.relevance import read_relevance_file
 
 SCENE = {
     "objects": [

@@ -21,7 +21,7 @@ from lavis_listwise.config import EvalSettings
 from lavis_listwise.datasets.retrieval_listwise import ListwiseRetrievalEvalDataset
 from lavis_listwise.evaluation import RerankView, coco_1k_folds, compute_sim_matrix_fast, ranking_report
 from lavis_listwise.evaluation.rerank import itm_batches
-from lavis_listwise.metrics import lavis_recalls
+from listwise_ranking.metrics import lavis_recalls
 
 ARCHS = ("blip_retrieval_listwise", "albef_retrieval_listwise")
 N_TEST = 20

@@ -17,9 +17,9 @@ import torch
 from kernel_parity import run_kernel_checks
 
 from lavis_listwise.config import ListwiseConfig
-from lavis_listwise.losses import smooth_ndcg_loss
-from lavis_listwise.losses.kernels import KERNELS, get_kernel, list_kernels, resolve_kernel
-from lavis_listwise.losses.kernels import compiled as compiled_kernel
+from listwise_ranking.losses import smooth_ndcg_loss
+from listwise_ranking.losses.kernels import KERNELS, get_kernel, list_kernels, resolve_kernel
+from listwise_ranking.losses.kernels import compiled as compiled_kernel
 
 CPU = torch.device("cpu")
 #: What a kernel needs on this machine to be tested at all (the kernel registry cannot know it).

@@ -1,4 +1,4 @@
-"""LAVIS's own scripts with the plugin: ``python -m lavis_listwise.lavis_script SCRIPT ARGS``.
+"""LAVIS's own scripts with the plugin: ``python -m lavis_listwise.commands.lavis_script SCRIPT ARGS``.
 
 ``tests/data/lavis-1.0.2-train.py.txt`` is LAVIS v1.0.2's ``train.py``, verbatim (tag v1.0.2, commit
 baad2d7c8df599d8d9b081ba2e946626eaa2dc34 of github.com/salesforce/LAVIS; BSD-3-Clause): the wheel does
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import write_run_yaml
 
-from lavis_listwise import lavis_script
+from lavis_listwise.commands import lavis_script
 
 LAVIS_TRAIN_PY = Path(__file__).parent / "data" / "lavis-1.0.2-train.py.txt"
 
@@ -25,7 +25,7 @@ def test_lavis_train_py_trains_and_tests_a_listwise_model(tmp_path, tiny_dataset
     shutil.copy(LAVIS_TRAIN_PY, script)
     cfg = write_run_yaml(tmp_path / "run.yaml", tiny_dataset, tmp_path / "out", tmp_path / "cache")
     out = subprocess.run(
-        [sys.executable, "-m", "lavis_listwise.lavis_script", str(script), "--cfg-path", str(cfg)],
+        [sys.executable, "-m", "lavis_listwise.commands.lavis_script", str(script), "--cfg-path", str(cfg)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
@@ -75,6 +75,8 @@ def test_the_yaml_is_checked_before_the_script_runs(tmp_path, tiny_dataset, caps
     cfg = write_run_yaml(tmp_path / "run.yaml", tiny_dataset, tmp_path / "out", tmp_path / "cache")
     assert lavis_script.main([str(script), "--cfg-path", str(cfg), "--options", option]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("python -m lavis_listwise.lavis_script: error: ") and err.count("\n") == 1, err
+    assert (
+        err.startswith("python -m lavis_listwise.commands.lavis_script: error: ") and err.count("\n") == 1
+    ), err
     assert option.split("=")[0] in err
     assert not (tmp_path / "ran").exists()

@@ -1,42 +1,40 @@
-"""The package's shape, read from its source: core (losses, relevance, evaluation, metrics and their
-helpers) imports neither the LAVIS glue (models, tasks, runners, datasets, config) nor the entry
-points (CLI, train, demo); the glue does not import the entry points; no two modules import each
-other, directly or through others."""
+"""The distribution's shape, read from its source. Three layers, arrows pointing down only:
+
+- core: ``listwise_ranking`` (losses, relevance, metrics and their helpers), torch only, no LAVIS;
+- glue: ``lavis_listwise`` (LAVIS's registered models, tasks, runners, datasets, config, evaluation);
+- entry: the commands, the demo and the console module ``lavis_listwise_cli``.
+
+No module imports a higher layer, and no two modules import each other, directly or through others.
+Every Python module of the distribution is covered, the top-level console module included.
+"""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lavis_listwise"
-
-#: Every first-level module or subpackage of ``lavis_listwise``, by layer (a new one must be placed).
-LAYERS = {
-    "core": {"losses", "relevance", "evaluation", "metrics", "stats", "errors", "rng", "distributed"},
-    "glue": {
-        "__init__",
-        "models",
-        "tasks",
-        "runners",
-        "datasets",
-        "config",
-        "config_check",
-        "config_io",
-        "registration",
-        "resources",
-    },
-    "entry": {"__main__", "cli", "train", "demo", "check_data", "lavis_script", "relevance_report"},
-}
+ROOT = Path(__file__).resolve().parents[1]
+#: The distribution's Python sources: its two packages and its one top-level module.
+SOURCES = sorted([*(ROOT / "listwise_ranking").rglob("*.py"), *(ROOT / "lavis_listwise").rglob("*.py")]) + [
+    ROOT / "lavis_listwise_cli.py"
+]
+TOP_LEVEL = {"listwise_ranking", "lavis_listwise", "lavis_listwise_cli"}
+#: Modules of the entry layer (a module or package name; everything under a package belongs to it).
+ENTRY = {"lavis_listwise_cli", "lavis_listwise.__main__", "lavis_listwise.commands", "lavis_listwise.demo"}
 RANK = {"core": 0, "glue": 1, "entry": 2}
+#: What the core may not import at all: LAVIS, and the plugin built on it.
+NOT_IN_CORE = {"lavis", "lavis_listwise", "lavis_listwise_cli"}
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path: Path) -> list[tuple[str, int]]:
-    """``(module, line)`` of every ``lavis_listwise`` module ``path`` imports, at any depth."""
+    """``(module, line)`` of every import in ``path``, at any depth, relative ones made absolute."""
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = []
@@ -56,41 +54,66 @@ def _imports(path: Path) -> list[tuple[str, int]]:
                 ]
             else:
                 found.append((target, node.lineno))
-    return [(name, line) for name, line in found if name.split(".")[0] == "lavis_listwise"]
+    return found
+
+
+def _own_imports(path: Path) -> list[tuple[str, int]]:
+    return [(name, line) for name, line in _imports(path) if name.split(".")[0] in TOP_LEVEL]
 
 
 def _is_module(name: str) -> bool:
-    path = PACKAGE.parent.joinpath(*name.split("."))
+    path = ROOT.joinpath(*name.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 def _layer(module: str) -> str:
-    parts = module.split(".")
-    first = parts[1] if len(parts) > 1 else "__init__"
-    for layer, members in LAYERS.items():
-        if first in members:
-            return layer
-    raise AssertionError(f"{module}: place lavis_listwise.{first} in a layer of tests/test_layers.py")
+    if module.split(".")[0] == "listwise_ranking":
+        return "core"
+    if any(module == entry or module.startswith(entry + ".") for entry in ENTRY):
+        return "entry"
+    return "glue"
 
 
-SOURCES = sorted(PACKAGE.rglob("*.py"))
-
-
-def test_every_module_has_a_layer():
-    firsts = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in SOURCES}
-    assert firsts == set().union(*LAYERS.values())
+def test_every_source_is_a_module_of_the_distribution():
+    names = {_module_name(p) for p in SOURCES}
+    assert {"listwise_ranking", "lavis_listwise", "lavis_listwise_cli"} <= names
+    assert all(entry in names for entry in ENTRY), sorted(ENTRY - names)
 
 
 def test_no_module_imports_a_higher_layer():
     upward = []
     for path in SOURCES:
         module = _module_name(path)
-        for target, line in _imports(path):
-            if target == "lavis_listwise" and _layer(module) != "entry":
-                target = "lavis_listwise.__init__"  # the root registers the plugin: glue
+        for target, line in _own_imports(path):
             if RANK[_layer(target)] > RANK[_layer(module)]:
-                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
+                upward.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
     assert upward == []
+
+
+def test_the_core_imports_no_lavis():
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {target}"
+        for path in SOURCES
+        if _layer(_module_name(path)) == "core"
+        for target, line in _imports(path)
+        if target.split(".")[0] in NOT_IN_CORE
+    ]
+    assert found == []
+
+
+def test_importing_the_core_leaves_lavis_out():
+    """Run, not read: every core module imported in a fresh interpreter pulls in no LAVIS, no plugin."""
+    core = [_module_name(p) for p in SOURCES if _layer(_module_name(p)) == "core"]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {core!r}:\n"
+        "    importlib.import_module(name)\n"
+        "unwanted = {'lavis', 'lavis_listwise', 'lavis_listwise_cli', 'transformers'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in unwanted))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def _graph() -> dict[str, set[str]]:
@@ -99,7 +122,7 @@ def _graph() -> dict[str, set[str]]:
     for path in SOURCES:
         module = _module_name(path)
         edges = set()
-        for target, _ in _imports(path):
+        for target, _ in _own_imports(path):
             while target not in modules:  # ``from .x import name``: the module x
                 target = target.rpartition(".")[0]
             # a package importing its own submodules, or a submodule its package, is no cycle

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lavis_listwise.losses import (
+from listwise_ranking.losses import (
     PairwiseListwiseLoss,
     SmoothNDCGLoss,
     TripletLoss,

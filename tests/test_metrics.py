@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-import lavis_listwise.metrics as metrics
-from lavis_listwise.metrics import map_at_r, map_at_r_and_r_precision, ndcg_at_k, r_precision, recall_at_k
+import listwise_ranking.metrics as metrics
+from listwise_ranking.metrics import map_at_r, map_at_r_and_r_precision, ndcg_at_k, r_precision, recall_at_k
 
 
 def test_ndcg_hand_computed():

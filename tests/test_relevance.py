@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lavis_listwise.relevance import (
+from listwise_ranking.relevance import (
     CaptionEmbeddingCache,
     SentenceEncoder,
     caption_cache_key,
@@ -43,7 +43,7 @@ def test_rsc_padded_captions_never_win_and_empty_image_errors():
 
 
 def test_rsc_chunking_matches_dense(monkeypatch):
-    import lavis_listwise.relevance.rsc as rsc
+    import listwise_ranking.relevance.rsc as rsc
 
     torch.manual_seed(0)
     img, cand = torch.randn(9, 5, 16), torch.randn(40, 16)
@@ -189,8 +189,8 @@ def test_precomputed_embeddings_and_relevance_file_feed_the_model(tmp_path):
     from test_models import batch, tiny_cfg
 
     from lavis_listwise.config import ListwiseConfig
-    from lavis_listwise.errors import DataError
-    from lavis_listwise.relevance import rsc_relevance_from_table
+    from listwise_ranking.errors import DataError
+    from listwise_ranking.relevance import rsc_relevance_from_table
 
     arch = "blip_retrieval_listwise"
     model = registry.get_model_class(arch).from_config(tiny_cfg(arch, weight=1.0)).train()

@@ -20,9 +20,9 @@ import torch
 from conftest import write_run_yaml
 
 from lavis_listwise.config import RelevanceConfig
-from lavis_listwise.errors import ConfigError, DataError
-from lavis_listwise.relevance import best_cosines
-from lavis_listwise.relevance.calibration import (
+from listwise_ranking.errors import ConfigError, DataError
+from listwise_ranking.relevance import best_cosines
+from listwise_ranking.relevance.calibration import (
     RelevanceSetting,
     auto_floor_from_table,
     calibration_figures,
@@ -30,7 +30,7 @@ from lavis_listwise.relevance.calibration import (
     select_setting,
     shaped,
 )
-from lavis_listwise.relevance.judgments import karpathy_test_coco_ids, read_judgments
+from listwise_ranking.relevance.judgments import karpathy_test_coco_ids, read_judgments
 
 SLICE = Path(__file__).parent / "data" / "coco_calibration_slice"
 ANNOTATION = SLICE / "coco_karpathy_test_calibration_slice.json"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import write_run_yaml
 
-from lavis_listwise.errors import CheckpointError, ConfigError
+from listwise_ranking.errors import CheckpointError, ConfigError
 
 
 def _cli(*args, timeout=600, env=None, preexec_fn=None, launcher=None):
@@ -130,7 +130,7 @@ def test_sizes_are_checked_when_the_datasets_are_built(run_yaml, options, needle
 
 # ---------------------------------------------------------------------------- 4. RNG isolation
 def test_sentence_encoder_leaves_the_global_rng_untouched():
-    from lavis_listwise.relevance import SentenceEncoder
+    from listwise_ranking.relevance import SentenceEncoder
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
@@ -143,7 +143,7 @@ def test_sentence_encoder_leaves_the_global_rng_untouched():
 def test_a_saved_rng_state_loads_weights_only_and_restores_every_generator(tmp_path):
     """A checkpoint's RNG states load with ``torch.load(weights_only=True)`` (LAVIS's load_checkpoint
     reads a run's checkpoint that way as ``model.finetuned``) and restore torch, numpy and random."""
-    from lavis_listwise.rng import rng_state, set_rng_state
+    from listwise_ranking.rng import rng_state, set_rng_state
 
     np.random.seed(3)
     np.random.randn()  # numpy keeps the second Box-Muller draw: has_gauss is part of the state

@@ -17,13 +17,13 @@ from retrieval_batch import caption_table, retrieval_batch, tiny_model, tiny_mod
 from stock_twins import blip2_stock_twin, stock_twin
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.errors import CheckpointError, ConfigError
 from lavis_listwise.models import (
     AlbefRetrievalListwise,
     Blip2RetrievalListwise,
     BlipRetrievalListwise,
     ClipRetrievalListwise,
 )
+from listwise_ranking.errors import CheckpointError, ConfigError
 
 PAIRWISE = (BlipRetrievalListwise, AlbefRetrievalListwise, Blip2RetrievalListwise)
 
@@ -260,7 +260,7 @@ def test_a_finished_job_directory_is_kept_resumed_or_overwritten_on_request(tmp_
 
 
 def test_default_job_ids_do_not_collide():
-    from lavis_listwise.train import default_job_id
+    from lavis_listwise.commands.train import default_job_id
 
     ids = {default_job_id() for _ in range(50)}  # within one second: LAVIS's ids were per minute
     assert len(ids) == 50

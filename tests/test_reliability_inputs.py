@@ -19,8 +19,8 @@ from lavis.common.registry import registry
 
 import lavis_listwise  # noqa: F401
 from lavis_listwise.demo.synthetic import relevance_file
-from lavis_listwise.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from lavis_listwise_cli import main
+from listwise_ranking.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 MARKER = "lavis-listwise: error:"
 
@@ -91,7 +91,7 @@ def test_ground_truth_of_another_split_or_reversed_is_refused(tmp_path, tiny_dat
 
 # ----------------------------------------------------------------------------- 5. fp16 overflow
 def test_embeddings_beyond_float16_keep_their_cosines(tmp_path):
-    from lavis_listwise.relevance.files import read_caption_embeddings
+    from listwise_ranking.relevance.files import read_caption_embeddings
 
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(6, 8, generator=g, dtype=torch.float64)
@@ -151,7 +151,7 @@ def _share_image(data: Path) -> tuple[str, str]:
 
 
 def test_one_image_under_two_image_ids_is_reported(tmp_path, data, caplog):
-    from lavis_listwise.check_data import check_data
+    from lavis_listwise.commands.check_data import check_data
 
     image, image_id = _share_image(data)
     cfg_path = write_run_yaml(tmp_path / "r.yaml", data, tmp_path / "o", tmp_path / "c")
@@ -167,7 +167,7 @@ def test_one_image_under_two_image_ids_is_reported(tmp_path, data, caplog):
 
 # ----------------------------------------------------------------------------- 9 / 10. one message
 def _no_weights_dir(tmp_path) -> Path:
-    from lavis_listwise.relevance.encoder import default_encoder_path
+    from listwise_ranking.relevance.encoder import default_encoder_path
 
     out = tmp_path / "bert-no-weights"
     out.mkdir()
@@ -208,7 +208,7 @@ def test_bad_values_are_one_message_before_anything_is_built(tmp_path, run_yaml,
 
 
 def test_cuda_and_triton_without_a_gpu_are_one_message(tmp_path, run_yaml, capsys):
-    from lavis_listwise.losses.kernels.triton import triton_available
+    from listwise_ranking.losses.kernels.triton import triton_available
 
     argv = ["train", "--cfg-path", str(run_yaml), "--options"]
     if not torch.cuda.is_available():
@@ -275,7 +275,7 @@ def _read_only(path: Path):
 def test_a_read_only_cache_with_a_corrupt_table_warns_and_keeps_the_embeddings_in_memory(
     tmp_path, minilm, caplog
 ):
-    from lavis_listwise.relevance import CaptionEmbeddingCache
+    from listwise_ranking.relevance import CaptionEmbeddingCache
 
     root = tmp_path / "cache"
     root.mkdir()
@@ -328,8 +328,8 @@ def test_a_fractional_relevance_batch_size_is_refused():
 
 
 def test_resuming_with_a_changed_config_names_the_differing_keys(tmp_path, run_yaml, caplog):
+    from lavis_listwise.commands.train import build_run
     from lavis_listwise.distributed import process_group_released
-    from lavis_listwise.train import build_run
 
     def runner(job, *options):
         args = argparse.Namespace(cfg_path=str(run_yaml), options=list(options), job_id=job)

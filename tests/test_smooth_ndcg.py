@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-from lavis_listwise.losses import SmoothNDCGLoss, smooth_ndcg_loss
-from lavis_listwise.losses.reference import smooth_ndcg_loss_reference
-from lavis_listwise.losses.smooth_ndcg import _SmoothNDCG
+from listwise_ranking.losses import SmoothNDCGLoss, smooth_ndcg_loss
+from listwise_ranking.losses.reference import smooth_ndcg_loss_reference
+from listwise_ranking.losses.smooth_ndcg import _SmoothNDCG
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -152,7 +152,7 @@ def test_no_cube_is_materialised():
     script = textwrap.dedent(
         """
         import resource, torch
-        from lavis_listwise.losses import smooth_ndcg_loss
+        from listwise_ranking.losses import smooth_ndcg_loss
         torch.manual_seed(0)
         s = (torch.randn(64, 2048) * 0.1).requires_grad_()
         r = torch.rand(64, 2048)
@@ -187,7 +187,7 @@ def test_relevance_topk_is_exact_snDCG_on_truncated_relevance(topk):
 
 
 def test_relevance_topk_gradcheck_and_errors():
-    from lavis_listwise.losses.smooth_ndcg_topk import _SparseSmoothNDCG
+    from listwise_ranking.losses.smooth_ndcg_topk import _SparseSmoothNDCG
 
     scores, relevance = _inputs(4, 12)
     scores.requires_grad_()
@@ -217,7 +217,7 @@ def test_relevance_topk_gradcheck_and_errors():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_centred_exp_gives_the_sigmoid_and_marks_wide_rows(dtype):
-    from lavis_listwise.losses.kernels.centred_exp import CENTRED_EXP_LIMIT, centred_exp
+    from listwise_ranking.losses.kernels.centred_exp import CENTRED_EXP_LIMIT, centred_exp
 
     limit = CENTRED_EXP_LIMIT[dtype]
     g = torch.Generator().manual_seed(5)
@@ -240,7 +240,7 @@ def test_centred_exp_gives_the_sigmoid_and_marks_wide_rows(dtype):
 
 
 def test_by_row_kind_routes_rows_and_propagates_failure():
-    from lavis_listwise.losses.kernels.centred_exp import by_row_kind
+    from listwise_ranking.losses.kernels.centred_exp import by_row_kind
 
     like = torch.zeros(5, 3)
     safe = torch.tensor([True, False, True, False, False])
@@ -253,7 +253,7 @@ def test_by_row_kind_routes_rows_and_propagates_failure():
 
 def test_ideal_dcg_ties_share_the_best_rank():
     """Sorted-order IDCG against the definition ``rank*_i = 1 + #{j : r_j > r_i}``, counted pairwise."""
-    from lavis_listwise.losses.dcg import ideal_dcg
+    from listwise_ranking.losses.dcg import ideal_dcg
 
     g = torch.Generator().manual_seed(11)
     relevance = (torch.rand(6, 57, generator=g, dtype=torch.float64) * 4).round() / 4  # many ties
@@ -289,8 +289,8 @@ def test_sorted_ideal_dcg_reaches_zero_on_a_perfect_row_with_tied_positives():
 def test_sorted_ideal_dcg_is_the_evaluation_normaliser():
     """``ideal_dcg(rule="sorted")`` is the ideal DCG of ``metrics.ndcg_at_k`` (k = N), and equals the
     paper's rule on rows without tied non-zero gains."""
-    from lavis_listwise.losses.dcg import ideal_dcg
-    from lavis_listwise.metrics import ndcg_at_k
+    from listwise_ranking.losses.dcg import ideal_dcg
+    from listwise_ranking.metrics import ndcg_at_k
 
     g = torch.Generator().manual_seed(5)
     relevance = (torch.rand(8, 30, generator=g, dtype=torch.float64) * 4).round() / 4

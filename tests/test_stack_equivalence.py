@@ -233,7 +233,7 @@ def tokens() -> dict:
 
     import lavis_listwise  # noqa: F401
     from lavis_listwise.models.tokenizer import build_bert_tokenizer
-    from lavis_listwise.relevance.encoder import default_encoder_path
+    from listwise_ranking.relevance.encoder import default_encoder_path
 
     text = registry.get_processor_class("blip_caption").from_config(None)
     processed = [text(c) for c in CAPTIONS]
@@ -329,7 +329,7 @@ def train_step(arch: str) -> dict:
 
 
 def sentence_embeddings() -> dict:
-    from lavis_listwise.relevance import SentenceEncoder
+    from listwise_ranking.relevance import SentenceEncoder
 
     emb = SentenceEncoder().encode(CAPTIONS, progress=False)
     return {"shape": list(emb.shape), "data": _b64(emb)}

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy.stats import ttest_rel
 
-from lavis_listwise.stats import paired_difference
+from listwise_ranking.stats import paired_difference
 
 
 def test_paired_difference_matches_scipy_ttest_rel():
@@ -31,7 +31,7 @@ def test_degenerate_inputs():
 def test_retrieval_concentration_tells_a_popularity_collapse_from_query_specific_scores():
     import torch
 
-    from lavis_listwise.stats import retrieval_concentration
+    from listwise_ranking.stats import retrieval_concentration
 
     g = torch.Generator().manual_seed(0)
     specific = torch.randn(300, 100, generator=g)  # every query orders candidates differently

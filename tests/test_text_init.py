@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from transformers import BertModel
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.errors import ConfigError
 from lavis_listwise.models.encoders import build_text_encoder
 from lavis_listwise.models.text_init import load_bert_weights, resolve_text_init
-from lavis_listwise.relevance.encoder import default_encoder_path
+from listwise_ranking.errors import ConfigError
+from listwise_ranking.relevance.encoder import default_encoder_path
 
 MINILM_VOCAB = 30522
 

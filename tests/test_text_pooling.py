@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from retrieval_batch import retrieval_batch
 
 import lavis_listwise  # noqa: F401
-from lavis_listwise.errors import ConfigError
 from lavis_listwise.models.encoders import MeanPooledTextEncoder
+from listwise_ranking.errors import ConfigError
 
 ARCHS = ["blip_retrieval_listwise", "albef_retrieval_listwise"]
 

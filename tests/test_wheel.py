@@ -52,17 +52,19 @@ def wheel(tmp_path_factory):
 def test_the_wheel_carries_every_module_every_yaml_and_the_license(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     dist_info = f"lavis_listwise-{lavis_listwise.__version__}.dist-info"
-    package = REPO / "lavis_listwise"
-    modules = {f"lavis_listwise/{p.relative_to(package)}" for p in package.rglob("*.py")}
-    assert modules and modules <= names
+    for top in ("lavis_listwise", "listwise_ranking"):  # the plugin and its torch-only core
+        modules = {f"{top}/{p.relative_to(REPO / top)}" for p in (REPO / top).rglob("*.py")}
+        assert modules and modules <= names, top
+    assert "lavis_listwise/config_keys.json" in names  # the strict key check's table
     for name in ("configs", "projects"):
         yamls = {f"lavis_listwise/{name}/{p.relative_to(REPO / name)}" for p in (REPO / name).rglob("*.yaml")}
         assert yamls and yamls <= names, name
         assert f"lavis_listwise/{name}/__init__.py" in names
     assert f"{dist_info}/licenses/LICENSE" in names or f"{dist_info}/LICENSE" in names
-    # nothing lands at the top of site-packages besides the package and the command-line module
+    # nothing lands at the top of site-packages besides the two packages and the command-line module
     # (LAVIS's wheel already installs a top-level `projects`)
-    assert {n.split("/")[0] for n in names} == {"lavis_listwise", "lavis_listwise_cli.py", dist_info}
+    tops = {"lavis_listwise", "listwise_ranking", "lavis_listwise_cli.py", dist_info}
+    assert {n.split("/")[0] for n in names} == tops
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "lavis-listwise = lavis_listwise_cli:main" in entry_points
 
@@ -73,7 +75,7 @@ def test_the_wheel_carries_every_module_every_yaml_and_the_license(wheel):
 _USE_THE_WHEEL = """
 import json, sys
 from omegaconf import OmegaConf
-import lavis_listwise, lavis_listwise_cli
+import lavis_listwise, lavis_listwise_cli, listwise_ranking
 from lavis.models import load_model, model_zoo
 from lavis_listwise.resources import config_path, data_dir
 
@@ -87,8 +89,9 @@ code = lavis_listwise_cli.main(
 )
 print(json.dumps({
     "code": code,
-    "files": [lavis_listwise.__file__, lavis_listwise_cli.__file__, str(data_dir("configs")),
-              config_path("projects/demo/demo_quick.yaml"), model.default_config_path("tiny")],
+    "files": [lavis_listwise.__file__, listwise_ranking.__file__, lavis_listwise_cli.__file__,
+              str(data_dir("configs")), config_path("projects/demo/demo_quick.yaml"),
+              model.default_config_path("tiny")],
     "model": type(model).__name__,
     "zoo": dict(model_zoo)["blip_retrieval_listwise"],
 }))

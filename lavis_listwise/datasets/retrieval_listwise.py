@@ -8,7 +8,7 @@ and image ids stay unique across them.
 
 Annotation files are read and validated before LAVIS reads them (:func:`read_annotation_file`,
 :func:`train_annotation_problems`, :func:`eval_annotation_problems`), so a bad file is one
-:class:`~lavis_listwise.errors.DataError` naming the file and the entry, and the builders check that
+:class:`~listwise_ranking.errors.DataError` naming the file and the entry, and the builders check that
 every referenced image file exists (a stat, no decoding; ``lavis-listwise check-data`` decodes them).
 """
 
@@ -23,9 +23,10 @@ import torch
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from lavis.datasets.datasets.retrieval_datasets import RetrievalDataset, RetrievalEvalDataset
 
-from ..errors import DataError
+from listwise_ranking.errors import DataError
+from listwise_ranking.relevance import caption_groups_to_index
+
 from ..registration import register_once
-from ..relevance import caption_groups_to_index
 from ..resources import config_path
 
 __all__ = [

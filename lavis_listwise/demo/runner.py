@@ -31,7 +31,8 @@ from types import SimpleNamespace
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import ConfigError
+from listwise_ranking.errors import ConfigError
+
 from ..evaluation.report import format_agreement
 from ..resources import config_path
 
@@ -81,7 +82,7 @@ def _data_options(root: Path) -> list[str]:
 
 def _train_one(cfg_path: str, options: list[str], job_id: str) -> dict:
     """One LAVIS run; returns test metrics, the test score matrices and what the picture needs."""
-    from ..train import build_run
+    from ..commands.train import build_run
 
     runner = build_run(argparse.Namespace(cfg_path=cfg_path, options=options, job_id=job_id), quiet=True)
     task = runner.task
@@ -296,9 +297,9 @@ def seed_comparison(per_seed: dict) -> dict:
     Args:
         per_seed: ``{seed: {"pairwise": {metric: value}, "listwise": {metric: value}}}``.
     Returns:
-        ``{metric: PairedDifference}`` (:func:`lavis_listwise.stats.paired_difference`).
+        ``{metric: PairedDifference}`` (:func:`listwise_ranking.stats.paired_difference`).
     """
-    from ..stats import paired_difference
+    from listwise_ranking.stats import paired_difference
 
     seeds = list(per_seed)
     return {
@@ -310,7 +311,7 @@ def seed_comparison(per_seed: dict) -> dict:
 
 
 def top5_concentration(score_t2i: dict) -> dict:
-    """How query-specific each model's text->image top-5 lists are (:func:`~lavis_listwise.stats.
+    """How query-specific each model's text->image top-5 lists are (:func:`~listwise_ranking.stats.
     retrieval_concentration`): a model that returns the same few images for every query holds most
     top-5 slots with a few images and never retrieves most of the others.
 
@@ -320,7 +321,7 @@ def top5_concentration(score_t2i: dict) -> dict:
         ``{"per_seed": {seed: {name: {top10_share, never_retrieved, popularity_share}}},
         "mean": {name: {...}}}`` (the mean over seeds).
     """
-    from ..stats import retrieval_concentration
+    from listwise_ranking.stats import retrieval_concentration
 
     per_seed = {
         str(s): {n: retrieval_concentration(scores, k=5) for n, scores in models.items()}
@@ -360,7 +361,7 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 def _checked_weight(value, key: str, combine: str) -> float:
     """The listwise arm's weight, checked before the pairwise arm trains (finite, >= 0, <= 1 with
     ``combine: convex``)."""
-    from ..losses import check_combine
+    from listwise_ranking.losses import check_combine
 
     try:
         weight = float(value)

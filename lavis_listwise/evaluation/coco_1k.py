@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..metrics import lavis_recalls
+from listwise_ranking.metrics import lavis_recalls
+
 from .coco_ids import coco_image_ids
 from .rerank import RerankView
 

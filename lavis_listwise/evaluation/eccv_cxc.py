@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..metrics import row_chunks  # the same row chunking as the other ranking metrics
+from listwise_ranking.metrics import row_chunks  # the same row chunking as the other ranking metrics
 
 if TYPE_CHECKING:
     from eccv_caption import Metrics

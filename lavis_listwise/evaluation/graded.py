@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import ndcg_at_k
-from ..relevance import caption_groups_to_index, rsc_relevance_from_table
+from listwise_ranking.metrics import ndcg_at_k
+from listwise_ranking.relevance import caption_groups_to_index, rsc_relevance_from_table
 
 __all__ = ["NDCG_KS", "annotated_pairs", "rsc_ndcg_metrics", "split_rsc_relevance"]
 

@@ -3,7 +3,7 @@ training relevance with it.
 
 A dataset that knows how relevant each caption is to each image (the synthetic demo data knows
 this from its scenes, a user may have human grades) supplies one relevance file per evaluation
-split, in the format of :mod:`lavis_listwise.relevance.files`, through the run YAML::
+split, in the format of :mod:`listwise_ranking.relevance.files`, through the run YAML::
 
     run:
       gt_relevance: {val: /data/relevance/val.npy, test: /data/relevance/test.npz}
@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
-from ..metrics import average_ranks, map_at_r_and_r_precision, ndcg_at_k, row_spearman
-from ..relevance.calibration import calibration_figures
-from ..relevance.files import read_relevance_file
+from listwise_ranking.errors import ConfigError, DataError
+from listwise_ranking.metrics import average_ranks, map_at_r_and_r_precision, ndcg_at_k, row_spearman
+from listwise_ranking.relevance.calibration import calibration_figures
+from listwise_ranking.relevance.files import read_relevance_file
 
 __all__ = [
     "GT_NDCG_KS",
@@ -134,7 +134,7 @@ def load_ground_truth(path: str | os.PathLike, dataset, split: str, threshold: f
         split: its name, for messages (``run.gt_relevance.<split>``).
         threshold: ``run.gt_positive_threshold``.
     Raises:
-        DataError naming the key and the file: see :func:`~lavis_listwise.relevance.read_relevance_file`,
+        DataError naming the key and the file: see :func:`~listwise_ranking.relevance.read_relevance_file`,
         a query (image or caption) without any plausible positive, and an image whose own annotated
         captions are not all plausible positives (the first such row named).
     """
@@ -239,7 +239,7 @@ def relevance_agreement(
           (nothing the caption states holds), and ``gain_mean_gt_positive`` of the non-annotated
           plausible positives (``None`` if there are none);
         * with ``batch_size`` (the run's global batch, an in-batch list's length), the calibration
-          figures of :func:`~lavis_listwise.relevance.calibration.calibration_figures` with the plausible
+          figures of :func:`~listwise_ranking.relevance.calibration.calibration_figures` with the plausible
           positives as the judged-relevant pairs and every other pair as judged irrelevant:
           ``gain_relevant``, ``gain_irrelevant``, ``gain_ratio``, ``relevant_at_zero``,
           ``irrelevant_share`` and ``batch_size``, as the relevance report gives them against human

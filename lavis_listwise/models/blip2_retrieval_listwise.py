@@ -41,9 +41,10 @@ from lavis.models.blip_models.blip_outputs import BlipIntermediateOutput, BlipOu
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from listwise_ranking.errors import ConfigError
+
 from ..config import ListwiseConfig
 from ..distributed import gather_no_grad, gather_with_grad, rank_and_world
-from ..errors import ConfigError
 from ..evaluation import RerankView, ScoringOptions, compute_sim_matrix_qformer
 from ..registration import register_once
 from .checkpoints import load_configured_checkpoint, refuse_unread_checkpoints

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from listwise_ranking.errors import CheckpointError, ConfigError
 
 __all__ = [
     "POSITION_IDS_SUFFIX",

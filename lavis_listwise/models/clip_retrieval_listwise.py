@@ -44,9 +44,10 @@ from lavis.models.clip_models.tokenizer import _tokenizer, tokenize
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from listwise_ranking.errors import CheckpointError, ConfigError
+
 from ..config import ListwiseConfig, difflib_hint
 from ..distributed import gather_no_grad, gather_with_grad
-from ..errors import CheckpointError, ConfigError
 from ..evaluation import RerankView, ScoringOptions, compute_sim_matrix_itc
 from ..registration import register_once
 from .checkpoints import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints, require_fit

@@ -18,8 +18,9 @@ from lavis.models.med import XBertEncoder
 from lavis.models.vit import VisionTransformerEncoder
 from transformers import BertConfig
 
+from listwise_ranking.errors import ConfigError
+
 from ..config import MissingPathError
-from ..errors import ConfigError
 from .text_init import _adopt_checkpoint_config, _check_vocabulary, load_bert_weights, resolve_text_init
 
 __all__ = [

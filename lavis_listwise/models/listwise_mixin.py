@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import ListwiseConfig
-from ..distributed import gather_no_grad, gather_with_grad
-from ..errors import CheckpointError
-from ..evaluation import RerankView, ScoringOptions, itm_reranked_scores
-from ..losses import bidirectional_listwise_loss
-from ..relevance import (
+from listwise_ranking.errors import CheckpointError
+from listwise_ranking.losses import bidirectional_listwise_loss
+from listwise_ranking.relevance import (
     RelevanceMatrix,
     read_caption_embeddings,
     read_relevance_file,
     rsc_relevance_from_table,
 )
+
+from ..config import ListwiseConfig
+from ..distributed import gather_no_grad, gather_with_grad
+from ..evaluation import RerankView, ScoringOptions, itm_reranked_scores
 from ..resources import config_path
 from .checkpoints import (
     describe_keys,

@@ -13,9 +13,10 @@ import torch
 from lavis.models.med import XBertEncoder
 from transformers import BertConfig
 
+from listwise_ranking.errors import CheckpointError, ConfigError
+from listwise_ranking.relevance.encoder import default_encoder_path
+
 from ..config import MissingPathError
-from ..errors import CheckpointError, ConfigError
-from ..relevance.encoder import default_encoder_path
 
 __all__ = ["BUNDLED_MINILM", "TextInitReport", "load_bert_weights", "resolve_text_init"]
 

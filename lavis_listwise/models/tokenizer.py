@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import BertTokenizer
 
-from ..relevance.encoder import default_encoder_path
+from listwise_ranking.relevance.encoder import default_encoder_path
 
 __all__ = ["build_bert_tokenizer"]
 

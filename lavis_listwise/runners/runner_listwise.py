@@ -28,12 +28,13 @@ from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
+from listwise_ranking.errors import CheckpointError, ConfigError, NonFiniteLossError
+from listwise_ranking.rng import isolated_rng, rng_state, set_rng_state
+
 from ..config import warn_config_differences
 from ..distributed import rank_and_world
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models.checkpoints import checkpoint_mismatch
 from ..registration import register_once
-from ..rng import isolated_rng, rng_state, set_rng_state
 
 __all__ = ["JOB_LOCK_NAME", "RUN_OUTPUTS", "RunnerListwise", "atomic_torch_save", "load_checkpoint_file"]
 

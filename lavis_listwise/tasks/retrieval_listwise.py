@@ -19,10 +19,11 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.retrieval import RetrievalTask
 from tqdm.auto import tqdm
 
+from listwise_ranking.errors import ConfigError, NonFiniteLossError
+
 from ..config import EvalSettings, RelevanceConfig, check_environment
 from ..datasets.retrieval_listwise import ListwiseRetrievalDataset
 from ..distributed import rank_and_world
-from ..errors import ConfigError, NonFiniteLossError
 from ..evaluation import (
     RerankView,
     ScoringOptions,
@@ -534,7 +535,7 @@ def check_image_headers(name: str, ds_cfg, splits: dict) -> None:
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..errors import DataError
+    from listwise_ranking.errors import DataError
 
     paths: dict[str, str] = {}
     for split, dataset in splits.items():

@@ -1,8 +1,8 @@
 """Run LAVIS's own ``train.py`` or ``evaluate.py`` with the plugin registered.
 
-    python -m lavis_listwise.lavis_script LAVIS/train.py --cfg-path run.yaml [--options key=value ...]
-    python -m lavis_listwise.lavis_script LAVIS/evaluate.py --cfg-path run.yaml
-    torchrun --nproc_per_node=8 -m lavis_listwise.lavis_script LAVIS/train.py --cfg-path run.yaml
+    python -m lavis_listwise.commands.lavis_script LAVIS/train.py --cfg-path run.yaml [--options k=v ...]
+    python -m lavis_listwise.commands.lavis_script LAVIS/evaluate.py --cfg-path run.yaml
+    torchrun --nproc_per_node=8 -m lavis_listwise.commands.lavis_script LAVIS/train.py --cfg-path run.yaml
 
 The scripts come from a clone of github.com/salesforce/LAVIS (the ``salesforce-lavis`` wheel does
 not ship them). LAVIS has no plugin entry point: a script parses its YAML right after importing
@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 
 import lavis_listwise  # noqa: F401  (registers the plugin before the script parses its config)
-
-from .errors import ConfigError, ListwiseError
+from listwise_ranking.errors import ConfigError, ListwiseError
 
 __all__ = ["main", "run_lavis_script"]
 
-PROG = "python -m lavis_listwise.lavis_script"
+PROG = "python -m lavis_listwise.commands.lavis_script"
 
 
 def run_lavis_script(script: str, script_args: list[str]) -> None:
@@ -37,9 +36,9 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
         ConfigError: ``script`` is not a file, or the YAML and options are refused by
             :func:`~lavis_listwise.config_check.check_config`.
     """
-    from .config import check_run_device
-    from .config_check import check_config
-    from .config_io import read_yaml_file
+    from ..config import check_run_device
+    from ..config_check import check_config
+    from ..config_io import read_yaml_file
 
     path = Path(script)
     if not path.is_file():
@@ -59,7 +58,7 @@ def run_lavis_script(script: str, script_args: list[str]) -> None:
         check_run_device(known.cfg_path, known.options or [])
     sys.argv = [str(path), *script_args]
     sys.path.insert(0, str(path.resolve().parent))  # as `python SCRIPT` puts the script's directory first
-    from .distributed import process_group_released
+    from ..distributed import process_group_released
 
     with process_group_released():  # LAVIS's scripts never destroy the process group they set up
         runpy.run_path(str(path), run_name="__main__")

@@ -1,7 +1,7 @@
 """The fast Smooth-NDCG kernels' registry: each kernel module registers one :class:`FastKernel`.
 
 A fast kernel computes the smoothed ranks of ``[Q, N]`` scaled scores and the closed-form rank
-gradient, exactly what :mod:`lavis_listwise.losses.chunked` computes, in fewer passes; either
+gradient, exactly what :mod:`listwise_ranking.losses.chunked` computes, in fewer passes; either
 returns ``None`` when its backend failed, and the loss then uses the chunked path.
 """
 

@@ -71,12 +71,12 @@ def sparse_smooth_ndcg_per_row(
 ) -> Tensor:
     """``[Q]`` ``1 - S-NDCG`` with gains only on each row's ``topk`` most relevant candidates.
 
-    Unchecked: :func:`~lavis_listwise.losses.smooth_ndcg_loss` validates its arguments and calls this.
+    Unchecked: :func:`~listwise_ranking.losses.smooth_ndcg_loss` validates its arguments and calls this.
 
     Args:
         scores: ``[Q, N]`` (differentiable); relevance: ``[Q, N]`` graded relevance >= 0.
         topk: kept candidates per row (``>= 1``); ``topk >= N`` is the exact loss.
-        ideal_dcg: ``"paper"`` or ``"sorted"``, as in :func:`~lavis_listwise.losses.smooth_ndcg_loss`.
+        ideal_dcg: ``"paper"`` or ``"sorted"``, as in :func:`~listwise_ranking.losses.smooth_ndcg_loss`.
     """
     return _SparseSmoothNDCG.apply(
         scores, relevance, float(tau), min(topk, scores.shape[1]), tile_bytes, ideal_dcg

@@ -3,13 +3,13 @@
 Two routes:
 
 * ``--annotation ANN.json --judgments SPEC ...``: a LAVIS evaluation annotation (one entry per image,
-  its captions as a list) and human judgments (:func:`~lavis_listwise.relevance.judgments.read_judgments`:
+  its captions as a list) and human judgments (:func:`~listwise_ranking.relevance.judgments.read_judgments`:
   ``eccv``, ``cxc``, ``cxc-graded:SITS.csv``, ``plain:FILE.csv``). The captions are processed as LAVIS's
   ``blip_caption`` does and embedded with ``model.listwise.relevance`` (the bundled MiniLM unless
   ``--cfg-path`` names another encoder or cache). For the paper's mapping, each floor and ``floor:
   auto`` (computed from these captions) it prints ranking quality and calibration against each source
-  (:func:`~lavis_listwise.relevance.calibration.calibration_table`) and the setting the documented rule
-  recommends (:data:`~lavis_listwise.relevance.calibration.RULE`). Use it on validation or calibration
+  (:func:`~listwise_ranking.relevance.calibration.calibration_table`) and the setting the documented rule
+  recommends (:data:`~listwise_ranking.relevance.calibration.RULE`). Use it on validation or calibration
   judgments only, never on the split you report results on.
 * ``--cfg-path`` alone: a run YAML whose ``run.gt_relevance`` names ground-truth files. It builds the
   datasets as training would and prints :func:`~.evaluation.ground_truth.relevance_agreement` of RSC
@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from .evaluation.report import format_agreement
+from ..evaluation.report import format_agreement
 
 __all__ = ["judgments_report", "relevance_report", "run_relevance_report"]
 
@@ -37,17 +37,13 @@ def relevance_report(cfg_path: str, options: list[str]) -> dict:
         ConfigError if ``run.gt_relevance`` names no split; the errors of building the datasets.
     """
     import lavis.tasks as tasks
-    from lavis.common.config import Config
 
-    import lavis_listwise  # noqa: F401  (registers the plugin before the config is parsed)
+    from listwise_ranking.errors import ConfigError
 
-    from .config import ListwiseConfig
-    from .config_check import check_config
-    from .config_io import read_yaml_file
-    from .errors import ConfigError
+    from ..config import ListwiseConfig
+    from .run_config import load_run_config
 
-    check_config(read_yaml_file(cfg_path), options)
-    cfg = Config(argparse.Namespace(cfg_path=cfg_path, options=options))
+    cfg = load_run_config(cfg_path, options)
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     relevance = ListwiseConfig.from_cfg(cfg.model_cfg.get("listwise")).relevance
@@ -81,7 +77,7 @@ def judgments_report(
 
     Args:
         annotation_path: a LAVIS evaluation annotation (``[{"image": ..., "caption": [...]}, ...]``).
-        specs: judgment sources (:func:`~lavis_listwise.relevance.judgments.read_judgments`).
+        specs: judgment sources (:func:`~listwise_ranking.relevance.judgments.read_judgments`).
         batch_size: the run's global batch size (the in-batch list length).
         floors: fixed floors to compare (besides the paper's mapping and ``floor: auto``).
         relevance: a ``RelevanceConfig`` for the encoder and cache (``None``: the defaults).
@@ -89,12 +85,18 @@ def judgments_report(
     import torch
     from lavis.processors.blip_processors import BlipCaptionProcessor
 
-    from .config import RelevanceConfig
-    from .datasets.retrieval_listwise import eval_annotation_problems, read_annotation_file
-    from .errors import DataError
-    from .relevance import best_cosines, caption_groups_to_index
-    from .relevance.calibration import RULE, auto_floor_from_table, calibration_table, settings_grid
-    from .relevance.judgments import read_judgments
+    from listwise_ranking.errors import DataError
+    from listwise_ranking.relevance import best_cosines, caption_groups_to_index
+    from listwise_ranking.relevance.calibration import (
+        RULE,
+        auto_floor_from_table,
+        calibration_table,
+        settings_grid,
+    )
+    from listwise_ranking.relevance.judgments import read_judgments
+
+    from ..config import RelevanceConfig
+    from ..datasets.retrieval_listwise import eval_annotation_problems, read_annotation_file
 
     if batch_size < 2:
         raise DataError(
@@ -188,7 +190,7 @@ def _write_json(report: dict, path: Path) -> None:
 
 def run_relevance_report(args: argparse.Namespace) -> int:
     """The ``relevance-report`` command: print the report (and write it as JSON with ``--json``)."""
-    from .errors import ConfigError
+    from listwise_ranking.errors import ConfigError
 
     if args.annotation is not None:
         if not args.judgments:
@@ -198,7 +200,7 @@ def run_relevance_report(args: argparse.Namespace) -> int:
         relevance = None
         if args.cfg_path is not None:
             relevance = _yaml_relevance(args.cfg_path, list(args.options))
-        from .relevance.calibration import DEFAULT_FLOORS
+        from listwise_ranking.relevance.calibration import DEFAULT_FLOORS
 
         floors = list(DEFAULT_FLOORS) if args.floors is None else args.floors
         report = judgments_report(
@@ -224,14 +226,8 @@ def run_relevance_report(args: argparse.Namespace) -> int:
 
 def _yaml_relevance(cfg_path: str, options: list[str]):
     """``model.listwise.relevance`` of a run YAML (encoder and cache for the ``--annotation`` route)."""
-    from lavis.common.config import Config
+    from ..config import ListwiseConfig
+    from .run_config import load_run_config
 
-    import lavis_listwise  # noqa: F401  (registers the plugin before the config is parsed)
-
-    from .config import ListwiseConfig
-    from .config_check import check_config
-    from .config_io import read_yaml_file
-
-    check_config(read_yaml_file(cfg_path), options)
-    cfg = Config(argparse.Namespace(cfg_path=cfg_path, options=options))
+    cfg = load_run_config(cfg_path, options)
     return ListwiseConfig.from_cfg(cfg.model_cfg.get("listwise")).relevance

@@ -118,13 +118,14 @@ def _check_builder(name: str, ds_cfg, report: DataReport, images: dict[str, str]
     from lavis.common.registry import registry
     from lavis.datasets.datasets.retrieval_datasets import RetrievalDataset, RetrievalEvalDataset
 
-    from .datasets.retrieval_listwise import (
+    from listwise_ranking.errors import DataError
+
+    from ..datasets.retrieval_listwise import (
         eval_annotation_problems,
         read_annotation_file,
         train_annotation_problems,
     )
-    from .errors import DataError
-    from .tasks.retrieval_listwise import shared_image_problems
+    from ..tasks.retrieval_listwise import shared_image_problems
 
     builder = registry.get_builder_class(name)
     if not (
@@ -192,16 +193,11 @@ def check_data(
     Raises:
         ConfigError: the YAML or ``--options`` are refused by :func:`~.config_check.check_config`.
     """
-    from lavis.common.config import Config
+    from listwise_ranking.errors import CheckpointError
 
-    import lavis_listwise  # noqa: F401  (registers the plugin's builders before the config is parsed)
+    from .run_config import load_run_config
 
-    from .config_check import check_config
-    from .config_io import read_yaml_file
-    from .errors import CheckpointError
-
-    check_config(read_yaml_file(cfg_path), options)
-    cfg = Config(argparse.Namespace(cfg_path=cfg_path, options=list(options)))
+    cfg = load_run_config(cfg_path, options)
     report = DataReport()
     images: dict[str, str] = {}
     for name in cfg.datasets_cfg:
@@ -219,7 +215,7 @@ def check_data(
     ]
     resume = cfg.run_cfg.get("resume_ckpt_path")
     if resume:
-        from .runners.runner_listwise import load_checkpoint_file
+        from ..runners.runner_listwise import load_checkpoint_file
 
         try:
             load_checkpoint_file(resume)

@@ -16,13 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# defined in the light command-line module, so `lavis-listwise --help` builds its parser without torch
-from lavis_listwise_cli import add_config_arguments
+from ..evaluation.report import format_results_table
+from .run_config import load_run_config
 
-from .config_io import read_yaml_file
-from .evaluation.report import format_results_table
-
-__all__ = ["add_config_arguments", "build_run", "default_job_id", "train", "evaluate"]
+__all__ = ["build_run", "default_job_id", "train", "evaluate"]
 
 
 # Replaces setup_seeds of LAVIS's train.py, which the wheel does not ship.
@@ -54,18 +51,12 @@ def build_run(args: argparse.Namespace, quiet: bool = False):
     """Parse the YAML (after registering the plugin), set up distribution and seeds, and build
     the task, datasets, model and runner. ``quiet`` keeps LAVIS's INFO logging and config dump off."""
     import lavis.tasks as tasks
-    from lavis.common.config import Config
     from lavis.common.logger import setup_logger
     from lavis.common.registry import registry
 
-    import lavis_listwise  # noqa: F401  (registers the plugin before the config is parsed)
+    from ..distributed import init_distributed
 
-    from .config_check import check_config
-    from .distributed import init_distributed
-
-    # a missing, unreadable or malformed file is one message naming it; keys nothing reads are refused
-    check_config(read_yaml_file(args.cfg_path), args.options)
-    cfg = Config(argparse.Namespace(cfg_path=args.cfg_path, options=args.options))
+    cfg = load_run_config(args.cfg_path, args.options)
     init_distributed(cfg.run_cfg)
     _setup_seeds(cfg.run_cfg)
     setup_logger()
@@ -88,7 +79,7 @@ def _set_cpu_threads(run_cfg) -> None:
     parallel region waits for its slowest thread, and a thread whose core is taken waits for it."""
     import torch
 
-    from .errors import ConfigError
+    from listwise_ranking.errors import ConfigError
 
     value = run_cfg.get("cpu_threads")
     if value is not None:
@@ -115,8 +106,9 @@ def _report_results(runner, logs: dict | None, name: str) -> None:
 @contextmanager
 def _collectives_named(run_cfg):
     """Turn a collective that timed out or lost its peer into one message naming ``run.dist_timeout``."""
-    from .distributed import dist_timeout, is_collective_timeout, rank_and_world
-    from .errors import DistributedTimeoutError
+    from listwise_ranking.errors import DistributedTimeoutError
+
+    from ..distributed import dist_timeout, is_collective_timeout, rank_and_world
 
     try:
         yield
@@ -137,7 +129,7 @@ def _run_and_report(
 ) -> dict | None:
     """Build the run, ``run(runner)``, write and print its results; the process group the run set up
     is destroyed at the end, whatever happens."""
-    from .distributed import process_group_released
+    from ..distributed import process_group_released
 
     with process_group_released():
         runner = build_run(args)

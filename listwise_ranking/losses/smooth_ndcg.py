@@ -235,7 +235,7 @@ def smooth_ndcg_loss(
         kernel: ``"torch"`` (chunked tiles, portable), ``"compiled"`` (fused ``torch.compile``
             reductions; falls back to ``"torch"`` with one warning if compilation fails),
             ``"triton"`` (hand-written Triton kernels, CUDA; same fallback), or ``"auto"``
-            (compiled on CUDA, torch elsewhere); see :mod:`lavis_listwise.losses.kernels`.
+            (compiled on CUDA, torch elsewhere); see :mod:`listwise_ranking.losses.kernels`.
         relevance_topk: if set, an approximation: only each row's ``relevance_topk`` most relevant
             candidates keep their gain (the others count as 0) and only they are ranked, in
             ``O(Q * relevance_topk * N)`` (chunked PyTorch, ``kernel`` is not used).

@@ -1,7 +1,7 @@
 """The chunked PyTorch path of Smooth-NDCG's smoothed rank and its closed-form gradient.
 
 Portable (any device, any float dtype) and the reference the fast kernels
-(:mod:`lavis_listwise.losses.kernels`) are tested against. The sigmoid matrix is evaluated in
+(:mod:`listwise_ranking.losses.kernels`) are tested against. The sigmoid matrix is evaluated in
 ``block x block`` tiles of a few queries at a time, so memory stays ``O(Q*N)`` plus one tile.
 
 ``P = sigma'`` is symmetric and ``sigma(-x) = 1 - sigma(x)``, so each tile ``(a, b)`` of candidates

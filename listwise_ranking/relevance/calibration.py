@@ -9,7 +9,7 @@ list's gain (:func:`calibration_figures`); :func:`select_setting` is the documen
 setting from them; :func:`auto_floor_from_table` is ``floor: auto``, computed from the captions alone.
 
 A setting is a shaping (``floor``, ``sharpen``) of the same best cosines
-(:func:`~lavis_listwise.relevance.best_cosines`).
+(:func:`~listwise_ranking.relevance.best_cosines`).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def calibration_figures(
 
 
 def shaped(cosines: Tensor, setting: RelevanceSetting) -> Tensor:
-    """A copy of ``cosines`` mapped by ``setting`` (:func:`~lavis_listwise.relevance.shape_cosines`)."""
+    """A copy of ``cosines`` mapped by ``setting`` (:func:`~listwise_ranking.relevance.shape_cosines`)."""
     return shape_cosines(cosines.clone(), setting.floor, setting.sharpen)
 
 

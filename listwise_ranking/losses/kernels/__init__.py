@@ -1,6 +1,6 @@
 """Fast kernels of Smooth-NDCG's smoothed rank and rank gradient, and which one a call uses.
 
-``kernel`` names: ``torch`` (the chunked path, :mod:`lavis_listwise.losses.chunked`), every
+``kernel`` names: ``torch`` (the chunked path, :mod:`listwise_ranking.losses.chunked`), every
 registered :class:`FastKernel` (``compiled``: fused ``torch.compile`` reductions; ``triton``:
 hand-written Triton kernels, CUDA), and ``auto`` (compiled on CUDA, chunked elsewhere). The fast
 kernels share the centred-exponential factorisation of :mod:`.centred_exp`.
