@@ -1,7 +1,10 @@
 """Strict configuration keys: keys nothing reads are refused before anything is built, naming the
-key and the closest valid one; the valid keys are derived from LAVIS's and the plugin's source."""
+key and the closest valid one; the valid keys come from the table generated from LAVIS's and the
+plugin's source (tests/test_config_keys_table.py tests the generator and that the table is current)."""
 
 import argparse
+import importlib.metadata
+import logging
 import os
 import subprocess
 import sys
@@ -10,13 +13,15 @@ from pathlib import Path
 import lavis
 import pytest
 from conftest import write_run_yaml
-from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 from omegaconf import OmegaConf
 
 import lavis_listwise  # noqa: F401
+from lavis_listwise.commands.train import build_run
 from lavis_listwise.config_check import (
     STRICT_SWITCH,
+    _warn_if_other_lavis,
     check_config,
+    key_table,
     model_keys,
     plugin_archs,
     valid_build_info_keys,
@@ -25,9 +30,8 @@ from lavis_listwise.config_check import (
     valid_run_keys,
     valid_top_level_keys,
 )
-from lavis_listwise.errors import ConfigError
 from lavis_listwise.resources import data_dir
-from lavis_listwise.train import build_run
+from listwise_ranking.errors import ConfigError
 
 LAVIS_PROJECTS = Path(lavis.__file__).parent / "projects"
 BUILDER = "datasets.retrieval_listwise_json"
@@ -91,33 +95,6 @@ def test_model_keys_follow_from_config_into_lavis():
     assert clip.unresolved == ()
     assert {"model_config", "pretrained", "precision", "max_logit_scale", "listwise"} <= clip.keys
     assert "vit_type" not in clip.keys and "med_config_path" not in clip.keys
-
-
-class _ArchWithOwnKey(BlipRetrieval):
-    """A new arch: its from_config alone defines its keys."""
-
-    @classmethod
-    def from_config(cls, cfg=None):
-        return cls._helper(cfg, size=cfg.get("my_size", 3))
-
-    @classmethod
-    def _helper(cls, model_cfg, size):
-        return model_cfg["my_depth"], size
-
-
-class _ArchWithDynamicCall(BlipRetrieval):
-    @classmethod
-    def from_config(cls, cfg=None):
-        build = {"a": print}[cfg.get("kind")]
-        return build(cfg)
-
-
-def test_a_new_arch_needs_no_list_of_keys():
-    found = model_keys(_ArchWithOwnKey)
-    assert {"my_size", "my_depth", "arch", "model_type"} <= found.keys and found.unresolved == ()
-    # a call the scan cannot follow is reported (and the arch's model keys are then not checked)
-    dynamic = model_keys(_ArchWithDynamicCall)
-    assert "kind" in dynamic.keys and dynamic.unresolved == ("_ArchWithDynamicCall.from_config: build(cfg)",)
 
 
 def test_dataset_and_top_level_keys():
@@ -235,3 +212,52 @@ def test_a_misspelled_key_fails_the_real_cli_instead_of_training(run_yaml):
     assert "Traceback" not in out.stderr
     assert "lavis-listwise: error: run.max_epochs: unknown key; did you mean run.max_epoch?" in out.stderr
     assert "Start training" not in out.stderr + out.stdout
+
+
+# ----------------------------------------------------------------------------- outside the table
+def test_an_arch_or_builder_outside_the_table_is_not_checked_with_one_warning(run_yaml, caplog):
+    from lavis.common.registry import registry
+
+    from lavis_listwise.datasets.retrieval_listwise import JsonRetrievalListwiseBuilder
+    from lavis_listwise.models import BlipRetrievalListwise
+
+    class UserArch(BlipRetrievalListwise):
+        """A user's own LAVIS extension: registered, but not in the generated table."""
+
+    class UserBuilder(JsonRetrievalListwiseBuilder):
+        pass
+
+    registry.register_model("user_arch_ext")(UserArch)
+    registry.register_builder("user_builder_ext")(UserBuilder)
+    try:
+        cfg = OmegaConf.load(run_yaml)
+        cfg.model.arch, cfg.model.my_extension = "user_arch_ext", 1
+        cfg.datasets.user_builder_ext = cfg.datasets.pop("retrieval_listwise_json")
+        cfg.datasets.user_builder_ext.my_key = 2
+        with caplog.at_level(logging.WARNING):
+            check_config(cfg)
+        warned = [r.getMessage() for r in caplog.records if "not checked" in r.getMessage()]
+        assert len(warned) == 1, warned
+        assert warned[0].startswith(
+            "keys not checked under model (user_arch_ext), datasets.user_builder_ext: not in the strict "
+            "key check's table (generated from LAVIS 1.0.2"
+        )
+        cfg.run.max_epochs = 3  # the sections the table covers are still checked
+        with pytest.raises(ConfigError, match="run.max_epochs: unknown key"):
+            check_config(cfg)
+    finally:
+        registry.mapping["model_name_mapping"].pop("user_arch_ext", None)
+        registry.mapping["builder_name_mapping"].pop("user_builder_ext", None)
+
+
+def test_another_lavis_version_is_named_in_a_warning(caplog):
+    assert key_table()["lavis_version"] == importlib.metadata.version("salesforce-lavis") == "1.0.2"
+    with caplog.at_level(logging.WARNING):
+        _warn_if_other_lavis("1.0.2", "1.0.2")
+        assert not caplog.records
+        _warn_if_other_lavis("1.0.2", "1.1.0")
+    assert [r.getMessage() for r in caplog.records] == [
+        "the strict key check's table was generated from LAVIS 1.0.2, but LAVIS 1.1.0 is installed: its "
+        f"keys are checked as LAVIS 1.0.2 reads them (set {STRICT_SWITCH}: false to skip this check for your "
+        "own LAVIS extensions)"
+    ]

@@ -9,9 +9,9 @@ exist, and docs/configuration.md documents exactly the keys the plugin reads.
   ``--options key=null``; the check must not call it unknown. The other way round, every key the
   plugin reads must be documented: ``model.listwise.*`` and ``model.listwise.relevance.*`` as the
   strict check lists them when it refuses a key there, the plugin's ``run.*`` keys as those its own
-  modules read and LAVIS's do not (:data:`~lavis_listwise.config_check.RUN_READERS`), each arch's
-  ``model.*`` keys as those its ``from_config`` reads and the LAVIS class it extends does not, and
-  the ``demo.*`` keys.
+  modules read and LAVIS's do not, each arch's ``model.*`` keys as those its ``from_config`` reads
+  and the LAVIS class it extends does not (both from the check's generated table,
+  :func:`~lavis_listwise.config_check.key_table`), and the ``demo.*`` keys.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def project_yamls() -> dict[str, Path]:
 def strict_check_error(yaml: Path, options: list[str]) -> str:
     """The message of the real strict check on a project YAML plus ``--options``, or ``""``."""
     from lavis_listwise.config_check import check_config
-    from lavis_listwise.errors import ConfigError
+    from listwise_ranking.errors import ConfigError
 
     try:
         check_config(OmegaConf.load(yaml), options)
@@ -235,23 +235,18 @@ def allowed_by_check(section: str) -> set[str]:
 
 def plugin_run_keys() -> set[str]:
     """``run`` keys the plugin's own modules read and LAVIS's do not."""
-    from lavis_listwise import config_check
+    from lavis_listwise.config_check import key_table
 
-    readers = config_check.RUN_READERS
-    plugin = config_check._keys_of(r for r in readers if r.module.startswith("lavis_listwise."))
-    lavis = config_check._keys_of(r for r in readers if not r.module.startswith("lavis_listwise."))
-    return set(plugin - lavis)
+    run = key_table()["run"]
+    return set(run["lavis_listwise"]) - set(run["lavis"])
 
 
 def plugin_model_keys(arch: str) -> set[str]:
     """``model`` keys ``arch`` reads and the LAVIS class it extends does not."""
-    from lavis.common.registry import registry
+    from lavis_listwise.config_check import key_table
 
-    from lavis_listwise.config_check import model_keys
-
-    cls = registry.get_model_class(arch)
-    base = next(k for k in cls.__mro__ if k.__module__.startswith("lavis."))
-    return set(model_keys(cls).keys - model_keys(base).keys)
+    entry = key_table()["model"][arch]
+    return set(entry["keys"]) - set(entry["lavis_keys"])
 
 
 def test_configuration_page_documents_every_section():
