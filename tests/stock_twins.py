@@ -1,9 +1,11 @@
 """LAVIS's own retrieval models with a listwise model's weights, built offline: the reference for the
-``weight: 0`` parity tests, the evaluation tests and ``benchmarks/bench_train_step.py``."""
+``weight: 0`` parity and state-dict contracts (``tests/test_arch_contracts.py``), the evaluation tests
+and ``benchmarks/bench_train_step.py``."""
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 
 from lavis_listwise.models.tokenizer import build_bert_tokenizer
 
-__all__ = ["blip2_stock_twin", "stock_twin"]
+__all__ = ["blip2_stock_twin", "clip_stock_twin", "stock_twin"]
 
 
 def stock_twin(model):
@@ -93,4 +95,27 @@ def blip2_stock_twin(model):
     )
     stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
     logging.debug("blip2_stock_twin: LAVIS Blip2Qformer with the listwise model's weights")
+    return stock.to(model.device)
+
+
+def clip_stock_twin(model, model_config):
+    """LAVIS's own ``CLIP`` with ``model``'s architecture and weights (loaded strictly).
+
+    ``model_config`` is the architecture ``model`` was built from (its ``model.model_config``, or
+    ``model_type`` when that is empty: CLIP keeps no copy of it); the activation follows ``model``'s.
+    One attribute differs from a plain ``CLIP(**arch)``: the tokenizer, still LAVIS's ``tokenize``,
+    pads to the model's context length, where LAVIS's ``forward`` pads to 77, which a model with fewer
+    positional embeddings (the tiny one has 32) cannot take. ``forward`` and its loss (open_clip's
+    ``ClipLoss``, batch-position labels) are LAVIS's.
+    """
+    from lavis.models.clip_models.model import CLIP, QuickGELU
+    from lavis.models.clip_models.tokenizer import tokenize
+
+    from lavis_listwise.models.clip_retrieval_listwise import clip_architecture
+
+    arch = clip_architecture(model_config)
+    arch["quick_gelu"] = isinstance(model.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    stock = CLIP(**arch)
+    stock.load_state_dict(model.state_dict())  # strict: the listwise model adds no keys
+    stock.tokenizer = functools.partial(tokenize, context_length=model.context_length)
     return stock.to(model.device)
