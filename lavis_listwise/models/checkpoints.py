@@ -23,6 +23,7 @@ from listwise_ranking.errors import CheckpointError, ConfigError
 
 __all__ = [
     "POSITION_IDS_SUFFIX",
+    "connection_problem",
     "load_configured_checkpoint",
     "refuse_unread_checkpoints",
     "checkpoint_mismatch",
@@ -247,7 +248,7 @@ def load_configured_checkpoint(model, cfg) -> None:
         )
 
     if not os.path.exists(cached):
-        unreachable = _connect_problem(source, timeout=10.0)
+        unreachable = connection_problem(source, timeout=10.0)
         if unreachable:  # LAVIS's own attempt would end in a raw URLError, after the resolver's timeouts
             raise cannot_download(unreachable)
     try:
@@ -256,7 +257,7 @@ def load_configured_checkpoint(model, cfg) -> None:
         raise cannot_download(str(err.reason)) from err
 
 
-def _connect_problem(url: str, timeout: float) -> str | None:
+def connection_problem(url: str, timeout: float) -> str | None:
     """Why a TCP connection to ``url``'s host, or to the proxy urllib would use for it, cannot be made
     within ``timeout`` seconds; ``None`` if it can."""
     import socket

@@ -50,7 +50,12 @@ from ..config import ListwiseConfig, difflib_hint
 from ..distributed import gather_no_grad, gather_with_grad
 from ..evaluation import RerankView, ScoringOptions, compute_sim_matrix_itc
 from ..registration import register_once
-from .checkpoints import _connect_problem, load_configured_checkpoint, refuse_unread_checkpoints, require_fit
+from .checkpoints import (
+    connection_problem,
+    load_configured_checkpoint,
+    refuse_unread_checkpoints,
+    require_fit,
+)
 from .listwise_mixin import ListwiseRetrievalMixin, same_image_targets
 
 __all__ = [
@@ -155,7 +160,7 @@ def _refuse_unreachable_download(name: str, tag: str) -> None:
     url = get_pretrained_url(name, tag)
     if not url or (clip_weights_cache() / os.path.basename(url)).is_file():
         return
-    problem = _connect_problem(url, timeout=10.0)
+    problem = connection_problem(url, timeout=10.0)
     if problem:
         cached = clip_weights_cache() / os.path.basename(url)
         raise CheckpointError(
