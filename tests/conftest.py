@@ -10,7 +10,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def minilm():
-    """The real bundled all-MiniLM-L6-v2 encoder, loaded once."""
+    """The real bundled all-MiniLM-L6-v2 encoder, loaded once (it needs ``transformers``, which the
+    torch-only core imports only to encode)."""
+    pytest.importorskip("transformers", reason="the sentence encoder runs on transformers")
     from listwise_ranking.relevance import SentenceEncoder
 
     return SentenceEncoder()

@@ -147,7 +147,7 @@ def test_shaping_floor_and_sharpen_hand_computed():
 
 
 def test_relevance_config_shaping_keys(tmp_path):
-    from lavis_listwise.config import RelevanceConfig
+    RelevanceConfig = pytest.importorskip("lavis_listwise.config", reason="the LAVIS plugin").RelevanceConfig
 
     default = RelevanceConfig.from_cfg({})
     assert default.shaping == {"floor": None, "sharpen": 1.0} and default.describe() == "RSC (1 + cos) / 2"
@@ -185,6 +185,7 @@ def test_precomputed_embeddings_and_relevance_file_feed_the_model(tmp_path):
     """``relevance.embeddings`` replaces the encoded table; ``relevance.relevance_file`` replaces RSC
     (dense or sparse), same-image pairs staying 1; a file that does not fit the training split is an
     error naming the key."""
+    pytest.importorskip("lavis_listwise", reason="the LAVIS plugin")
     from lavis.common.registry import registry
     from test_models import batch, tiny_cfg
 

@@ -204,7 +204,10 @@ def test_relevance_topk_gradcheck_and_errors():
     )
     with pytest.raises(ValueError, match="relevance_topk"):
         SmoothNDCGLoss(relevance_topk=0)
-    from lavis_listwise.config import ListwiseConfig
+
+
+def test_relevance_topk_is_checked_as_its_yaml_key():
+    ListwiseConfig = pytest.importorskip("lavis_listwise.config", reason="the LAVIS plugin").ListwiseConfig
 
     with pytest.raises(ValueError, match="model.listwise.relevance_topk"):
         ListwiseConfig.from_cfg({"relevance_topk": -2})

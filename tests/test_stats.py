@@ -44,6 +44,7 @@ def test_retrieval_concentration_tells_a_popularity_collapse_from_query_specific
 
 
 def test_demo_seed_comparison_reports_a_paired_test_per_metric():
+    pytest.importorskip("lavis_listwise", reason="the demo is part of the LAVIS plugin")
     from scipy.stats import ttest_rel
 
     from lavis_listwise.demo import METRICS, seed_comparison
