@@ -232,18 +232,18 @@ def _default_data_type(default_path: str, builder: str) -> str | None:
     return section.get("data_type")
 
 
-def _check_values(model_cfg, run_cfg, model_cls, model_type) -> None:
-    """The values of the plugin's settings, the model's merged over the arch's default YAML as LAVIS
-    merges them (:func:`~lavis_listwise.config.check_settings`)."""
+def _check_values(model_cfg, run_cfg, model_cls, model_defaults) -> None:
+    """The values of the plugin's settings, the model's merged over the arch's default YAML
+    (``model_defaults``, None for an arch not of the plugin) as LAVIS merges them
+    (:func:`~lavis_listwise.config.check_settings`)."""
     from omegaconf import OmegaConf
 
     from .config import check_settings
 
-    if not model_cls.__module__.startswith("lavis_listwise."):
+    if model_defaults is None:
         check_settings(model_cfg, run_cfg)
         return
-    defaults = OmegaConf.load(model_cls.default_config_path(model_type=model_type)).get("model", {})
-    check_settings(OmegaConf.merge(defaults, model_cfg), run_cfg, defaults, model_cls)
+    check_settings(OmegaConf.merge(model_defaults, model_cfg), run_cfg, model_defaults, model_cls)
 
 
 def check_config(user_cfg, options: Sequence[str] = ()) -> None:
@@ -291,7 +291,12 @@ def check_config(user_cfg, options: Sequence[str] = ()) -> None:
             builder_cls, "DATASET_CONFIG_DICT", section.get("type", "default"), f"datasets.{name}.type"
         )
         builders[name] = (section, builder_cls.default_config_path(type=config_type))
-    values = (model_cfg, run_cfg, model_cls, model_type)
+    # LAVIS merges the arch's default model YAML under the user's model section; read once, for the
+    # plugin's archs (the ones whose settings and keys are checked)
+    model_defaults = None
+    if model_cls.__module__.startswith("lavis_listwise."):
+        model_defaults = OmegaConf.load(model_cls.default_config_path(model_type=model_type)).get("model", {})
+    values = (model_cfg, run_cfg, model_cls, model_defaults)
     if not strict:
         _check_values(*values)
         return
@@ -313,9 +318,8 @@ def check_config(user_cfg, options: Sequence[str] = ()) -> None:
                 "; ".join(found.unresolved),
             )
         else:
-            # LAVIS merges the arch's default model YAML under the user's model section.
-            defaults = OmegaConf.load(model_cls.default_config_path(model_type=model_type)).get("model", {})
-            problems += _unknown(OmegaConf.merge(defaults, model_cfg), found.keys, "model.", option_keys)
+            merged_model = OmegaConf.merge(model_defaults, model_cfg)
+            problems += _unknown(merged_model, found.keys, "model.", option_keys)
     for name, (section, default_path) in builders.items():
         where = f"datasets.{name}."
         if name not in table["datasets"]:

@@ -427,12 +427,11 @@ def generate() -> dict[str, Any]:
     """The table, from the installed LAVIS's and the plugin's source (JSON-ready, sorted)."""
     from lavis.common.registry import registry
 
-    import lavis_listwise  # noqa: F401  (registers the plugin's archs and builders)
+    from lavis_listwise.config_check import plugin_archs  # registers the plugin's archs and builders
 
-    archs = registry.mapping["model_name_mapping"]
     models = {}
-    for arch in sorted(n for n, c in archs.items() if c.__module__.startswith("lavis_listwise.")):
-        cls = archs[arch]
+    for arch in plugin_archs():
+        cls = registry.get_model_class(arch)
         keys, unresolved = model_keys_of_class(cls)
         base = next(k for k in cls.__mro__ if k.__module__.startswith("lavis."))
         models[arch] = {
