@@ -169,20 +169,22 @@ def test_weight_zero_is_the_stock_lavis_model(arch, pair):
     stock_losses = _losses(theirs)
     assert "loss" in stock_losses and set(stock_losses) <= set(_losses(ours))
     assert ours.loss_listwise == 0
-    for key, value in stock_losses.items():
+
+    def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         if twin.bit_identical:
-            assert torch.equal(ours[key], value), key
+            assert torch.equal(a, b), what
         else:
-            torch.testing.assert_close(ours[key], value, msg=key)
+            torch.testing.assert_close(a, b, msg=what)
+
+    for key, value in stock_losses.items():
+        assert_same(ours[key], value, key)
     ours.loss.backward()
     theirs.loss.backward()
     pairs = zip(model.named_parameters(), stock.named_parameters(), strict=True)
     for (name, p), (stock_name, q) in pairs:
         assert name == stock_name and (p.grad is None) == (q.grad is None), name
-        if p.grad is not None and twin.bit_identical:
-            assert torch.equal(p.grad, q.grad), name
-        elif p.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, msg=name)
+        if p.grad is not None:
+            assert_same(p.grad, q.grad, name)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
